@@ -1,0 +1,283 @@
+//! The one typed configuration, read from the environment once at start-up.
+//!
+//! Every default works on a development machine with PostgreSQL, Redis and
+//! RabbitMQ on loopback, so `artefatos all` runs with no variable set. Nothing
+//! else in the crate reads environment variables.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::render::{Format, Limits};
+
+/// Why the configuration could not be built; names the offending variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {reason} (got {value:?})")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where artifacts are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    /// An S3 (or S3-compatible) bucket: the production backend.
+    S3(S3Config),
+    /// A local directory: the embedded default when no bucket is configured.
+    /// Downloads are streamed by the service because there is nothing to presign.
+    Filesystem { dir: PathBuf },
+}
+
+/// Connection details for an S3 bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Config {
+    /// Custom endpoint (S3-compatible servers); path-style addressing is used when set.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    /// Static credentials; when absent the AWS default provider chain is used
+    /// (instance profile, IRSA, shared config).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+/// RabbitMQ queue flavour: classic for one node, quorum for a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+/// Settings of the worker half (consumers, renderer pools, retries, janitor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Formats this process consumes (`ARTEFATOS_WORKER_FORMATS`, default all).
+    pub formats: Vec<Format>,
+    /// Renderers per format; also the consumer's prefetch.
+    pub concurrency: usize,
+    /// Delay of each retry queue; its length is the number of retries
+    /// (default 1 s, 5 s, 30 s: four attempts in all).
+    pub retry_delays: Vec<Duration>,
+    /// A job not started within this time fails as `expired`.
+    pub job_ttl: Duration,
+    /// How long a claimed job belongs to its worker without a renewal.
+    pub lease: Duration,
+    /// How long in-flight jobs may run on after SIGTERM before they are requeued.
+    pub shutdown_grace: Duration,
+    /// Artifacts older than this are deleted by the janitor; downloads answer 410.
+    pub retention: Duration,
+    pub queue_type: QueueType,
+    /// `x-delivery-limit` for quorum queues (RabbitMQ 4 defaults it to 20).
+    pub delivery_limit: u32,
+}
+
+/// The whole configuration of one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub database_url: String,
+    pub redis_url: String,
+    pub amqp_url: String,
+    pub listen: SocketAddr,
+    /// Prefix of every RabbitMQ exchange and queue and every Redis key, so
+    /// several deployments or test runs share one broker and one Redis.
+    pub namespace: String,
+    pub storage: StorageConfig,
+    /// Lifetime of presigned download URLs.
+    pub presign_ttl: Duration,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Document limits checked before a job is accepted.
+    pub limits: Limits,
+    /// How long the idempotency key stays in Redis.
+    pub idempotency_ttl: Duration,
+    /// How long a status stays cached in Redis.
+    pub status_cache_ttl: Duration,
+    pub worker: WorkerConfig,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// Builds a configuration from explicit variables; `from_env` and tests share it.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
+        let or = |name: &str, default: &str| get(name).unwrap_or_else(|| default.to_string());
+
+        let storage = match get("S3_BUCKET") {
+            Some(bucket) => StorageConfig::S3(S3Config {
+                endpoint: get("S3_ENDPOINT"),
+                bucket,
+                region: or("AWS_REGION", "us-east-1"),
+                access_key_id: get("AWS_ACCESS_KEY_ID"),
+                secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+            }),
+            None => StorageConfig::Filesystem {
+                dir: PathBuf::from(or("ARTEFATOS_STORAGE_DIR", ".artefatos/artifacts")),
+            },
+        };
+
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_sheets: parse(vars, "ARTEFATOS_MAX_SHEETS", defaults.max_sheets)?,
+            max_rows: parse(vars, "ARTEFATOS_MAX_ROWS", defaults.max_rows)?,
+            max_columns: parse(vars, "ARTEFATOS_MAX_COLUMNS", defaults.max_columns)?,
+            max_cell_chars: parse(vars, "ARTEFATOS_MAX_CELL_CHARS", defaults.max_cell_chars)?,
+        };
+
+        let formats = match get("ARTEFATOS_WORKER_FORMATS") {
+            None => Format::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(|f| {
+                    f.trim().parse::<Format>().map_err(|_| ConfigError::Invalid {
+                        name: "ARTEFATOS_WORKER_FORMATS",
+                        value: list.clone(),
+                        reason: "expected a comma-separated list of xlsx, pdf".into(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let retry_delays = match get("ARTEFATOS_RETRY_DELAYS") {
+            None => vec![secs(1), secs(5), secs(30)],
+            Some(list) => list
+                .split(',')
+                .map(|d| parse_duration(d.trim()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ConfigError::Invalid {
+                    name: "ARTEFATOS_RETRY_DELAYS",
+                    value: list.clone(),
+                    reason: "expected durations such as 1s,5s,30s".into(),
+                })?,
+        };
+        let queue_type = match or("ARTEFATOS_QUEUE_TYPE", "classic").as_str() {
+            "classic" => QueueType::Classic,
+            "quorum" => QueueType::Quorum,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "ARTEFATOS_QUEUE_TYPE",
+                    value: other.into(),
+                    reason: "expected classic or quorum".into(),
+                });
+            }
+        };
+
+        Ok(Config {
+            database_url: or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/artefatos"),
+            redis_url: or("REDIS_URL", "redis://127.0.0.1:6379"),
+            amqp_url: or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            listen: parse(vars, "ARTEFATOS_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            namespace: or("ARTEFATOS_NAMESPACE", "artefatos"),
+            storage,
+            presign_ttl: duration(vars, "ARTEFATOS_PRESIGN_TTL", secs(15 * 60))?,
+            max_body_bytes: parse(vars, "ARTEFATOS_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
+            limits,
+            idempotency_ttl: duration(vars, "ARTEFATOS_IDEMPOTENCY_TTL", secs(3600))?,
+            status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
+            worker: WorkerConfig {
+                formats,
+                concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 2)?,
+                retry_delays,
+                job_ttl: duration(vars, "ARTEFATOS_JOB_TTL", secs(24 * 3600))?,
+                lease: duration(vars, "ARTEFATOS_LEASE", secs(30))?,
+                shutdown_grace: duration(vars, "ARTEFATOS_SHUTDOWN_GRACE", secs(30))?,
+                retention: duration(vars, "ARTEFATOS_RETENTION", secs(7 * 24 * 3600))?,
+                queue_type,
+                delivery_limit: parse(vars, "ARTEFATOS_DELIVERY_LIMIT", 10)?,
+            },
+        })
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn parse<T: FromStr>(
+    vars: &HashMap<String, String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match vars.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(value) => value.parse().map_err(|_| ConfigError::Invalid {
+            name,
+            value: value.clone(),
+            reason: format!("not a valid {}", std::any::type_name::<T>()),
+        }),
+    }
+}
+
+fn duration(
+    vars: &HashMap<String, String>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match vars.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(value) => parse_duration(value).ok_or_else(|| ConfigError::Invalid {
+            name,
+            value: value.clone(),
+            reason: "expected a duration such as 500ms, 30s, 15m, 24h or 7d".into(),
+        }),
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`, `24h`, `7d`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_any_variable() {
+        let config = Config::from_vars(&HashMap::new()).unwrap();
+        assert_eq!(config.namespace, "artefatos");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(matches!(config.storage, StorageConfig::Filesystem { .. }));
+        assert_eq!(config.worker.retry_delays.len(), 3);
+    }
+
+    #[test]
+    fn a_bucket_selects_s3_and_bad_values_name_their_variable() {
+        let mut vars = HashMap::new();
+        vars.insert("S3_BUCKET".to_string(), "b".to_string());
+        vars.insert("S3_ENDPOINT".to_string(), "http://127.0.0.1:9000".to_string());
+        let config = Config::from_vars(&vars).unwrap();
+        assert!(matches!(config.storage, StorageConfig::S3(ref s3) if s3.bucket == "b"));
+
+        vars.insert("ARTEFATOS_PRESIGN_TTL".to_string(), "soon".to_string());
+        let err = Config::from_vars(&vars).unwrap_err().to_string();
+        assert!(err.starts_with("ARTEFATOS_PRESIGN_TTL"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15m"), Some(secs(900)));
+        assert_eq!(parse_duration("7d"), Some(secs(7 * 86_400)));
+        assert_eq!(parse_duration("3"), Some(secs(3)));
+        assert_eq!(parse_duration("x"), None);
+    }
+}
