@@ -1,0 +1,1 @@
+//! Request side of a job: batched inserts, look-ups, the outbox scan.

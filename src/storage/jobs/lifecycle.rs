@@ -1,0 +1,1 @@
+//! Worker side of a job: claims, leases, final statuses, retention.
