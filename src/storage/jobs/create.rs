@@ -117,6 +117,7 @@ fn share(e: &sqlx::Error) -> sqlx::Error {
     match e {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
         other => sqlx::Error::Protocol(other.to_string()),
     }
 }
