@@ -154,11 +154,21 @@ impl IntoResponse for ApiError {
 }
 
 /// Whether a database error means "PostgreSQL is unreachable" (503) rather
-/// than a bug (500).
+/// than a bug (500): anything but an answer from the server or a decoding
+/// problem is a connection that could not be had or was lost.
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
+    !matches!(
         e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+        sqlx::Error::Database(_)
+            | sqlx::Error::RowNotFound
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::Encode(_)
+            | sqlx::Error::Configuration(_)
+            | sqlx::Error::InvalidArgument(_)
     )
 }
 
