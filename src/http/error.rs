@@ -24,7 +24,9 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("unsupported format {0:?}: expected \"xlsx\" or \"pdf\"")]
     UnsupportedFormat(String),
-    #[error("an idempotency key is required (body field `idempotency_key` or `Idempotency-Key` header)")]
+    #[error(
+        "an idempotency key is required (body field `idempotency_key` or `Idempotency-Key` header)"
+    )]
     IdempotencyKeyRequired,
     #[error("the `Idempotency-Key` header and the body's `idempotency_key` differ")]
     IdempotencyKeyMismatch,
@@ -41,7 +43,10 @@ pub enum ApiError {
     #[error("the job is {} and has no artifact yet", .0.as_str())]
     NotReady(JobStatus),
     #[error("the job failed: {message}")]
-    JobFailed { code: Option<String>, message: String },
+    JobFailed {
+        code: Option<String>,
+        message: String,
+    },
     #[error("the artifact has expired and was deleted")]
     Gone,
     #[error("a dependency is unavailable: {0}")]

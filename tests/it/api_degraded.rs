@@ -57,7 +57,11 @@ async fn a_job_accepted_while_rabbitmq_is_down_is_published_when_it_returns() {
     let response = app.generate(&generate_body("xlsx", "no-broker")).await;
     assert_eq!(response.status(), 202);
     let ready = app.get("/health/ready").await;
-    assert_eq!(ready.status(), 200, "a broker outage never makes the API unready");
+    assert_eq!(
+        ready.status(),
+        200,
+        "a broker outage never makes the API unready"
+    );
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["rabbitmq"]["status"], "degraded");
     assert_eq!(work_queue_depth(&app, Format::Xlsx).await, 0);
@@ -89,7 +93,10 @@ async fn without_postgres_requests_fail_cleanly_and_write_nothing() {
 
     let response = app.generate(&generate_body("pdf", "no-db")).await;
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "service_unavailable");
     let ready = app.get("/health/ready").await;
@@ -114,7 +121,10 @@ async fn health_metrics_and_openapi_are_served() {
 
     assert_eq!(app.generate(&generate_body("pdf", "m")).await.status(), 202);
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("artefatos_http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("artefatos_http_requests_total"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/generate\""));
     assert!(metrics.contains("artefatos_http_request_duration_seconds_bucket"));
 

@@ -52,7 +52,10 @@ async fn create(app: &TestApp, format: &str, key: &str) -> String {
 async fn code_of(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["code"].as_str().unwrap_or_default().to_string())
+    (
+        status,
+        body["code"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 #[tokio::test]
@@ -98,9 +101,21 @@ async fn status_is_read_from_the_cache_first_and_repopulated_from_postgres() {
         .await
         .unwrap();
     let key = format!("{}:status:{id}", app.config.namespace);
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
-    assert_eq!(app.status(&id).await["attempts"], 7, "served from PostgreSQL");
-    let cached: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        app.status(&id).await["attempts"],
+        7,
+        "served from PostgreSQL"
+    );
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     assert!(cached.is_some_and(|c| c.contains("\"attempts\":7")));
 }
 
@@ -155,18 +170,28 @@ async fn a_done_job_redirects_to_a_presigned_url_that_serves_its_bytes() {
 
     let fetched = reqwest::get(&url).await.unwrap();
     assert_eq!(fetched.status(), 200);
-    let disposition = fetched.headers()["content-disposition"].to_str().unwrap().to_string();
+    let disposition = fetched.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(disposition.contains("Vendas Q3.pdf"), "{disposition}");
     assert_eq!(fetched.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
     // The status shows the artifact's checksum, and it matches.
     let status = app.status(&id).await;
-    assert_eq!(status["artifact"]["sha256"], hex::encode(Sha256::digest(&bytes)));
+    assert_eq!(
+        status["artifact"]["sha256"],
+        hex::encode(Sha256::digest(&bytes))
+    );
 
     // A tampered signature is refused by the storage server.
     let signature_at = url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
     let mut tampered = url.clone();
-    let flipped = if &url[signature_at..signature_at + 1] == "0" { "1" } else { "0" };
+    let flipped = if &url[signature_at..signature_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
     tampered.replace_range(signature_at..signature_at + 1, flipped);
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 403);
 
@@ -183,9 +208,13 @@ async fn a_done_job_redirects_to_a_presigned_url_that_serves_its_bytes() {
         .await
         .unwrap();
     assert_eq!(json["url"], url.as_str());
-    let expires: chrono::DateTime<chrono::Utc> = json["expires_at"].as_str().unwrap().parse().unwrap();
+    let expires: chrono::DateTime<chrono::Utc> =
+        json["expires_at"].as_str().unwrap().parse().unwrap();
     let ttl = expires - chrono::Utc::now();
-    assert!(ttl > chrono::Duration::minutes(13) && ttl <= chrono::Duration::minutes(15), "{ttl}");
+    assert!(
+        ttl > chrono::Duration::minutes(13) && ttl <= chrono::Duration::minutes(15),
+        "{ttl}"
+    );
 
     // ?mode=stream sends the bytes through the service.
     let streamed = app.get(&format!("/download/{id}?mode=stream")).await;
