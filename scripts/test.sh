@@ -17,4 +17,4 @@ psql -h 127.0.0.1 -U postgres -qAtc \
 # Each test boots an app and an S3 server and mostly waits on I/O: more
 # threads than cores keeps two cores busy.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-6}"
-cargo test --all-features --all-targets "$@"
+cargo test --all-features "$@"
