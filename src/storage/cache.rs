@@ -1,1 +1,337 @@
-//! (filled in by its issue)
+//! Redis as a cache in front of PostgreSQL: idempotency reservations, job
+//! statuses and presigned download URLs, all under the namespace prefix.
+//!
+//! Redis is never the source of truth. Every operation has a short deadline,
+//! and after a failure the cache declares itself down for [`COOL_OFF`] and
+//! answers `Unavailable` at once, so a Redis outage costs requests nothing but
+//! a PostgreSQL read instead of a timeout each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bb8_redis::RedisConnectionManager;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::metrics::CACHE_LOOKUPS;
+use crate::storage::jobs::JobView;
+
+/// How long the cache stays "down" after a failed operation.
+pub const COOL_OFF: Duration = Duration::from_secs(2);
+/// Deadline of one Redis operation, connection included.
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a request may hold an idempotency key before anyone may retry it:
+/// a crashed API process must not block its key for the whole idempotency TTL.
+pub const PENDING_TTL: Duration = Duration::from_secs(30);
+/// Presigned URLs are dropped from the cache this long before they expire, so
+/// a client never receives a URL about to die.
+pub const URL_MARGIN: Duration = Duration::from_secs(60);
+
+/// Failures of the cache; callers fall back to PostgreSQL on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis url: {0}")]
+    Url(redis::RedisError),
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("corrupt cache entry: {0}")]
+    Corrupt(String),
+}
+
+/// What Redis knows about an idempotency key held by someone else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A request with this fingerprint is creating the job right now.
+    Pending { fingerprint: String },
+    /// The key already produced this job.
+    Job { job_id: Uuid, fingerprint: String },
+}
+
+/// The outcome of trying to take an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// This request holds the key and must create the job.
+    Reserved,
+    Held(Holder),
+}
+
+/// A cached presigned URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedUrl {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Handle to the Redis cache; cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    pool: bb8::Pool<RedisConnectionManager>,
+    prefix: Arc<str>,
+    idempotency_ttl: Duration,
+    status_ttl: Duration,
+    down_until_ms: Arc<AtomicU64>,
+}
+
+impl Cache {
+    /// Builds the pool without connecting: the service starts while Redis is down.
+    pub fn new(
+        url: &str,
+        namespace: &str,
+        idempotency_ttl: Duration,
+        status_ttl: Duration,
+    ) -> Result<Self, CacheError> {
+        let manager = RedisConnectionManager::new(url).map_err(CacheError::Url)?;
+        let pool = bb8::Pool::builder()
+            .max_size(32)
+            .connection_timeout(OP_TIMEOUT)
+            .build_unchecked(manager);
+        Ok(Cache {
+            pool,
+            prefix: Arc::from(namespace),
+            idempotency_ttl,
+            status_ttl,
+            down_until_ms: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Tries to take `key` for `client`; the holder is returned if it is taken.
+    pub async fn reserve_key(
+        &self,
+        client: Uuid,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Reservation, CacheError> {
+        let redis_key = self.idempotency_key(client, key);
+        let pending = format!("pending:{fingerprint}");
+        let ttl = PENDING_TTL.as_secs();
+        let taken: Option<String> = self
+            .run(redis::cmd("SET")
+                    .arg(&redis_key)
+                    .arg(&pending)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(ttl)
+                    .arg("GET"))
+            .await?;
+        let result = match taken {
+            None => Ok(Reservation::Reserved),
+            Some(value) => parse_holder(&value).map(Reservation::Held),
+        };
+        self.count("idempotency", matches!(result, Ok(Reservation::Held(_))));
+        result
+    }
+
+    /// Records that `key` produced `job_id`, for the idempotency TTL.
+    pub async fn complete_key(
+        &self,
+        client: Uuid,
+        key: &str,
+        job_id: Uuid,
+        fingerprint: &str,
+    ) -> Result<(), CacheError> {
+        let redis_key = self.idempotency_key(client, key);
+        let value = format!("job:{job_id}:{fingerprint}");
+        let ttl = self.idempotency_ttl.as_secs().max(1);
+        self.run(redis::cmd("SET")
+                .arg(&redis_key)
+                .arg(&value)
+                .arg("EX")
+                .arg(ttl))
+        .await
+    }
+
+    /// Gives a pending key back after the request failed, so a retry can proceed.
+    pub async fn release_key(&self, client: Uuid, key: &str) -> Result<(), CacheError> {
+        let redis_key = self.idempotency_key(client, key);
+        self.run(redis::cmd("DEL")
+                .arg(&redis_key))
+        .await
+    }
+
+    /// Writes a job's status through to the cache (every transition calls this).
+    pub async fn put_status(&self, job: &JobView) -> Result<(), CacheError> {
+        let key = self.status_key(job.id);
+        let value =
+            serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
+        let ttl = self.status_ttl.as_secs().max(1);
+        self.run(redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("EX")
+                .arg(ttl))
+        .await
+    }
+
+    /// The cached status of a job, if any.
+    pub async fn get_status(&self, job_id: Uuid) -> Result<Option<JobView>, CacheError> {
+        let key = self.status_key(job_id);
+        let value: Option<String> = self
+            .run(redis::cmd("GET").arg(&key))
+            .await?;
+        self.count("status", value.is_some());
+        value
+            .map(|v| serde_json::from_str(&v).map_err(|e| CacheError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    /// Caches a presigned URL until [`URL_MARGIN`] before it expires.
+    pub async fn put_download_url(&self, job_id: Uuid, url: &CachedUrl) -> Result<(), CacheError> {
+        let remaining = (url.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(URL_MARGIN);
+        if remaining.is_zero() {
+            return Ok(());
+        }
+        let key = self.url_key(job_id);
+        let value =
+            serde_json::to_string(url).map_err(|e| CacheError::Corrupt(e.to_string()))?;
+        let ms = remaining.as_millis() as u64;
+        self.run(redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("PX")
+                .arg(ms))
+        .await
+    }
+
+    /// A cached presigned URL still worth handing out.
+    pub async fn get_download_url(&self, job_id: Uuid) -> Result<Option<CachedUrl>, CacheError> {
+        let key = self.url_key(job_id);
+        let value: Option<String> = self
+            .run(redis::cmd("GET").arg(&key))
+            .await?;
+        self.count("download_url", value.is_some());
+        value
+            .map(|v| serde_json::from_str(&v).map_err(|e| CacheError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    /// Forgets a job's cached URL (its artifact was deleted).
+    pub async fn forget_download_url(&self, job_id: Uuid) -> Result<(), CacheError> {
+        let key = self.url_key(job_id);
+        self.run(redis::cmd("DEL").arg(&key))
+        .await
+    }
+
+    /// Health probe: PING, bypassing the cool-off so recovery is seen at once.
+    pub async fn check(&self) -> Result<(), CacheError> {
+        let ping = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| CacheError::Unavailable(e.to_string()))?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut *conn)
+                .await
+                .map_err(CacheError::from)
+        };
+        match tokio::time::timeout(OP_TIMEOUT, ping).await {
+            Ok(Ok(_)) => {
+                self.down_until_ms.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CacheError::Unavailable("timed out".into())),
+        }
+    }
+
+    /// Runs one operation with the deadline and the cool-off breaker.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, CacheError> {
+        if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            return Err(CacheError::Unavailable("cooling off after a failure".into()));
+        }
+        let attempt = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| CacheError::Unavailable(e.to_string()))?;
+            cmd.query_async(&mut *conn).await.map_err(CacheError::from)
+        };
+        let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(CacheError::Unavailable("timed out".into())),
+        };
+        if let Err(e) = &result {
+            let connection_problem = match e {
+                CacheError::Unavailable(_) => true,
+                CacheError::Redis(e) => {
+                    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
+                }
+                _ => false,
+            };
+            if connection_problem {
+                self.down_until_ms
+                    .store(now_ms() + COOL_OFF.as_millis() as u64, Ordering::Relaxed);
+                tracing::warn!(error = %e, "redis unavailable; serving from PostgreSQL");
+            }
+        }
+        result
+    }
+
+    fn count(&self, cache: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        metrics::counter!(CACHE_LOOKUPS, "cache" => cache, "result" => result).increment(1);
+    }
+
+    fn idempotency_key(&self, client: Uuid, key: &str) -> String {
+        // Hash the client's key: it is arbitrary text of arbitrary length.
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+        format!("{}:idem:{client}:{digest}", self.prefix)
+    }
+
+    fn status_key(&self, job_id: Uuid) -> String {
+        format!("{}:status:{job_id}", self.prefix)
+    }
+
+    fn url_key(&self, job_id: Uuid) -> String {
+        format!("{}:url:{job_id}", self.prefix)
+    }
+}
+
+fn parse_holder(value: &str) -> Result<Holder, CacheError> {
+    let corrupt = || CacheError::Corrupt(format!("idempotency entry {value:?}"));
+    if let Some(fingerprint) = value.strip_prefix("pending:") {
+        return Ok(Holder::Pending {
+            fingerprint: fingerprint.to_string(),
+        });
+    }
+    let rest = value.strip_prefix("job:").ok_or_else(corrupt)?;
+    let (id, fingerprint) = rest.split_once(':').ok_or_else(corrupt)?;
+    Ok(Holder::Job {
+        job_id: Uuid::parse_str(id).map_err(|_| corrupt())?,
+        fingerprint: fingerprint.to_string(),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_round_trip_their_text_form() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse_holder(&format!("job:{id}:abc")).unwrap(),
+            Holder::Job { job_id: id, fingerprint: "abc".into() }
+        );
+        assert_eq!(
+            parse_holder("pending:abc").unwrap(),
+            Holder::Pending { fingerprint: "abc".into() }
+        );
+        assert!(parse_holder("garbage").is_err());
+    }
+}

@@ -1,1 +1,171 @@
-//! (filled in by its issue)
+//! The artifact store: one `Blobs` type over an S3 bucket or a local directory.
+//!
+//! Workers `put_file` a rendered artifact under a key that is deterministic per
+//! job (a repeated attempt overwrites, never adds); the download path either
+//! presigns a GET URL (S3) or streams the bytes through the service (`get`).
+//! Both backends validate keys the same way and pass the same tests.
+
+mod error;
+mod fs;
+mod key;
+mod reader;
+mod s3;
+mod upload;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::config::StorageConfig;
+
+pub use error::BlobError;
+pub use fs::FsBlobs;
+pub use key::MAX_KEY_BYTES;
+pub use s3::S3Blobs;
+pub use upload::MultipartLimits;
+
+/// Headers stored with an artifact and sent back on every download, so a
+/// browser opening the presigned URL gets the right type and file name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMeta {
+    pub content_type: String,
+    pub content_disposition: String,
+}
+
+/// What was stored: recorded in the job row so a download can be verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredArtifact {
+    pub size: u64,
+    /// SHA-256 of the bytes stored, lower-case hex.
+    pub sha256: String,
+}
+
+/// A download URL that works without our credentials until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresignedUrl {
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The chunks of an object, read lazily so a download of any size passes
+/// through the service without being held in memory.
+pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// An object opened for reading.
+pub struct BlobBody {
+    /// Length in bytes when the store reports it (for `Content-Length`).
+    pub size: Option<u64>,
+    pub content_type: Option<String>,
+    pub content_disposition: Option<String>,
+    pub stream: BodyStream,
+}
+
+impl std::fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobBody")
+            .field("size", &self.size)
+            .field("content_type", &self.content_type)
+            .field("content_disposition", &self.content_disposition)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The artifact store. An enum rather than a trait object so every call is a
+/// plain `async fn`; cloning is cheap (clients and paths are shared).
+#[derive(Clone, Debug)]
+pub enum Blobs {
+    S3(S3Blobs),
+    Filesystem(FsBlobs),
+}
+
+impl Blobs {
+    /// Builds the backend the configuration names, with the default multipart limits.
+    pub async fn from_config(config: &StorageConfig) -> Result<Self, BlobError> {
+        Self::from_config_with(config, MultipartLimits::default()).await
+    }
+
+    /// Like `from_config`, with explicit multipart limits (tests use small
+    /// parts to exercise multipart uploads with small files).
+    pub async fn from_config_with(
+        config: &StorageConfig,
+        limits: MultipartLimits,
+    ) -> Result<Self, BlobError> {
+        Ok(match config {
+            StorageConfig::S3(s3) => Blobs::S3(S3Blobs::connect(s3, limits).await?),
+            StorageConfig::Filesystem { dir } => Blobs::Filesystem(FsBlobs::new(dir.clone())),
+        })
+    }
+
+    /// Creates the bucket or directory if it is missing; safe to call on every start.
+    pub async fn ensure_bucket(&self) -> Result<(), BlobError> {
+        match self {
+            Blobs::S3(s3) => s3.ensure_bucket().await,
+            Blobs::Filesystem(fs) => fs.ensure_dir().await,
+        }
+    }
+
+    /// Stores the file at `path` under `key`, replacing any object already there,
+    /// and returns its size and SHA-256 (computed while the file is read once).
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        meta: &ArtifactMeta,
+    ) -> Result<StoredArtifact, BlobError> {
+        key::validate(key)?;
+        match self {
+            Blobs::S3(s3) => s3.put_file(key, path, meta).await,
+            Blobs::Filesystem(fs) => fs.put_file(key, path, meta).await,
+        }
+    }
+
+    /// A GET URL valid for `ttl` that makes the browser save the object with
+    /// `content_disposition`; `None` when the backend has nothing to presign
+    /// (filesystem), in which case the service streams the object with `get`.
+    pub async fn presign_get(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_disposition: &str,
+    ) -> Result<Option<PresignedUrl>, BlobError> {
+        key::validate(key)?;
+        match self {
+            Blobs::S3(s3) => s3
+                .presign_get(key, ttl, content_disposition)
+                .await
+                .map(Some),
+            Blobs::Filesystem(_) => Ok(None),
+        }
+    }
+
+    /// Opens the object for streaming; `NotFound` when there is none.
+    pub async fn get(&self, key: &str) -> Result<BlobBody, BlobError> {
+        key::validate(key)?;
+        match self {
+            Blobs::S3(s3) => s3.get(key).await,
+            Blobs::Filesystem(fs) => fs.get(key).await,
+        }
+    }
+
+    /// Removes the object; removing one that is already gone succeeds, so the
+    /// janitor can repeat itself after a crash.
+    pub async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        key::validate(key)?;
+        match self {
+            Blobs::S3(s3) => s3.delete(key).await,
+            Blobs::Filesystem(fs) => fs.delete(key).await,
+        }
+    }
+
+    /// Cheap readiness probe for `/health/ready`: the bucket or directory is reachable.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        match self {
+            Blobs::S3(s3) => s3.check().await,
+            Blobs::Filesystem(fs) => fs.check().await,
+        }
+    }
+}

@@ -1,1 +1,230 @@
-//! Request side of a job: batched inserts, look-ups, the outbox scan.
+//! Request side of a job: group-committed inserts and look-ups.
+//!
+//! `POST /generate` is bounded by PostgreSQL's commit rate, not by its
+//! statement rate, so inserts are coalesced: concurrent requests hand their
+//! row to a collector that sends whatever has gathered as one multi-row
+//! `INSERT … ON CONFLICT DO NOTHING`, with a few batches in flight at once.
+//! The unique constraint on (client, idempotency key) is what makes a
+//! duplicate job impossible; Redis only spares PostgreSQL the obvious ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::{PgPool, Row};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{JOB_VIEW_COLUMNS, JobError, JobView};
+use crate::render::Format;
+
+/// Most rows one insert statement carries.
+const MAX_BATCH: usize = 256;
+/// Insert statements in flight at once (each on its own connection).
+const CONCURRENT_BATCHES: usize = 4;
+
+/// A job about to be created; `payload` is the document's JSON text.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: Vec<u8>,
+    pub format: Format,
+    pub filename: String,
+    pub payload: String,
+}
+
+/// What `create` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// This request created the job.
+    New(JobView),
+    /// The key already had a job; `fingerprint` is the request that made it.
+    Existing { job: JobView, fingerprint: Vec<u8> },
+}
+
+type Reply = oneshot::Sender<Result<Created, Arc<sqlx::Error>>>;
+
+/// Creates and reads jobs; cheap to clone.
+#[derive(Clone)]
+pub struct JobStore {
+    pool: PgPool,
+    inserts: mpsc::Sender<(NewJob, Reply)>,
+}
+
+impl JobStore {
+    /// Starts the insert collector on the current runtime.
+    pub fn new(pool: PgPool) -> Self {
+        let (inserts, rx) = mpsc::channel(MAX_BATCH * CONCURRENT_BATCHES * 4);
+        tokio::spawn(collect(pool.clone(), rx));
+        JobStore { pool, inserts }
+    }
+
+    /// The pool the store writes to, for the look-ups of other modules.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Inserts the job unless its (client, key) already has one.
+    pub async fn create(&self, job: NewJob) -> Result<Created, JobError> {
+        let (reply, answer) = oneshot::channel();
+        self.inserts
+            .send((job, reply))
+            .await
+            .map_err(|_| JobError::InserterStopped)?;
+        match answer.await {
+            Ok(Ok(created)) => Ok(created),
+            Ok(Err(e)) => Err(JobError::Database(share(&e))),
+            Err(_) => Err(JobError::InserterStopped),
+        }
+    }
+
+    /// A job by id, whoever owns it (callers check ownership).
+    pub async fn get(&self, id: Uuid) -> Result<Option<JobView>, JobError> {
+        let sql = format!("SELECT {JOB_VIEW_COLUMNS} FROM jobs WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The job a client's idempotency key produced, with its request fingerprint.
+    pub async fn find_by_key(
+        &self,
+        client_id: Uuid,
+        key: &str,
+    ) -> Result<Option<(JobView, Vec<u8>)>, JobError> {
+        let sql = format!(
+            "SELECT {JOB_VIEW_COLUMNS}, fingerprint FROM jobs
+             WHERE client_id = $1 AND idempotency_key = $2"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(client_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let job = <JobView as sqlx::FromRow<_>>::from_row(&row)?;
+            Ok((job, row.try_get("fingerprint")?))
+        })
+        .transpose()
+        .map_err(JobError::Database)
+    }
+}
+
+/// sqlx errors are not `Clone`; a batch shares one error among its requests.
+fn share(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// Gathers waiting inserts into batches and runs a few batches concurrently.
+async fn collect(pool: PgPool, mut rx: mpsc::Receiver<(NewJob, Reply)>) {
+    let permits = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
+    loop {
+        // Wait for a free slot first, so requests pile up into a bigger batch
+        // while every slot is busy.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            insert_batch(&pool, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn insert_batch(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
+    let jobs: Vec<&NewJob> = batch.iter().map(|(job, _)| job).collect();
+    match insert(pool, &jobs).await {
+        Ok(results) => {
+            for ((_, reply), result) in batch.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        // A row the database refuses must not fail its neighbours: retry alone.
+        Err(sqlx::Error::Database(_)) if batch.len() > 1 => {
+            for (job, reply) in batch {
+                let result = insert(pool, &[&job]).await;
+                let _ = reply.send(result.map(|mut r| r.remove(0)).map_err(Arc::new));
+            }
+        }
+        Err(e) => {
+            let e = Arc::new(e);
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// One statement for the whole batch; returns one outcome per job, in order.
+async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO jobs (id, client_id, idempotency_key, fingerprint, format, filename, payload)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[],
+                              $6::text[], $7::text[]::json[])
+         ON CONFLICT (client_id, idempotency_key) DO NOTHING
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    let inserted: Vec<JobView> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.client_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.idempotency_key.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.fingerprint.as_slice()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.format.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.filename.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.payload.as_str()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+    let inserted: HashMap<Uuid, JobView> = inserted.into_iter().map(|j| (j.id, j)).collect();
+
+    // Rows skipped by the conflict: the key's job already existed (or was
+    // inserted by a twin request in this very batch).
+    let missing: Vec<&&NewJob> = jobs.iter().filter(|j| !inserted.contains_key(&j.id)).collect();
+    let mut existing: HashMap<(Uuid, String), (JobView, Vec<u8>)> = HashMap::new();
+    if !missing.is_empty() {
+        let sql = format!(
+            "SELECT {JOB_VIEW_COLUMNS}, idempotency_key, fingerprint FROM jobs
+             WHERE (client_id, idempotency_key) IN
+                   (SELECT * FROM UNNEST($1::uuid[], $2::text[]))"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(missing.iter().map(|j| j.client_id).collect::<Vec<_>>())
+            .bind(missing.iter().map(|j| j.idempotency_key.as_str()).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?;
+        for row in rows {
+            let job = <JobView as sqlx::FromRow<_>>::from_row(&row)?;
+            let key: String = row.try_get("idempotency_key")?;
+            existing.insert((job.client_id, key), (job, row.try_get("fingerprint")?));
+        }
+    }
+
+    jobs.iter()
+        .map(|j| match inserted.get(&j.id) {
+            Some(job) => Ok(Created::New(job.clone())),
+            None => existing
+                .get(&(j.client_id, j.idempotency_key.clone()))
+                .map(|(job, fingerprint)| Created::Existing {
+                    job: job.clone(),
+                    fingerprint: fingerprint.clone(),
+                })
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol(format!(
+                        "job {} neither inserted nor found by its key",
+                        j.id
+                    ))
+                }),
+        })
+        .collect()
+}

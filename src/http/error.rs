@@ -1,0 +1,192 @@
+//! Every error the API returns, mapped to `application/problem+json`
+//! (RFC 9457) in this one place, each with a stable machine-readable `code`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::render::ValidationError;
+use crate::storage::blobs::BlobError;
+use crate::storage::jobs::{JobError, JobStatus};
+use crate::storage::keys::KeyError;
+
+/// An error as a client sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid `Authorization: Bearer <api key>` header is required")]
+    Unauthorized,
+    #[error("no such job")]
+    NotFound,
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("unsupported format {0:?}: expected \"xlsx\" or \"pdf\"")]
+    UnsupportedFormat(String),
+    #[error("an idempotency key is required (body field `idempotency_key` or `Idempotency-Key` header)")]
+    IdempotencyKeyRequired,
+    #[error("the `Idempotency-Key` header and the body's `idempotency_key` differ")]
+    IdempotencyKeyMismatch,
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("this idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("a request with this idempotency key is still being processed")]
+    RequestInProgress,
+    #[error("invalid document: {0}")]
+    InvalidDocument(ValidationError),
+    #[error("the request body exceeds the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the job is {} and has no artifact yet", .0.as_str())]
+    NotReady(JobStatus),
+    #[error("the job failed: {message}")]
+    JobFailed { code: Option<String>, message: String },
+    #[error("the artifact has expired and was deleted")]
+    Gone,
+    #[error("a dependency is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound => "not_found",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::UnsupportedFormat(_) => "unsupported_format",
+            ApiError::IdempotencyKeyRequired => "idempotency_key_required",
+            ApiError::IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RequestInProgress => "request_in_progress",
+            ApiError::InvalidDocument(_) => "invalid_document",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::NotReady(_) => "not_ready",
+            ApiError::JobFailed { .. } => "job_failed",
+            ApiError::Gone => "gone",
+            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::IdempotencyKeyRequired
+            | ApiError::IdempotencyKeyMismatch
+            | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedFormat(_)
+            | ApiError::IdempotencyKeyReused
+            | ApiError::InvalidDocument(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RequestInProgress | ApiError::NotReady(_) | ApiError::JobFailed { .. } => {
+                StatusCode::CONFLICT
+            }
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Gone => StatusCode::GONE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Members beyond the standard ones, for clients that want the details.
+    fn extensions(&self) -> Value {
+        match self {
+            ApiError::InvalidDocument(e) => {
+                json!({ "errors": [{ "path": e.path, "message": e.message }] })
+            }
+            ApiError::NotReady(status) => json!({ "status": status.as_str() }),
+            ApiError::JobFailed { code, .. } => json!({ "status": "failed", "error_code": code }),
+            _ => json!({}),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            // Never leak internals; they are in the log.
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                "internal error".to_string()
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "dependency unavailable");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let mut body = json!({
+            "type": format!("urn:artefatos:problem:{}", self.code()),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "code": self.code(),
+            "detail": detail,
+        });
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), self.extensions()) {
+            body.extend(extra);
+        }
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RequestInProgress | ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Whether a database error means "PostgreSQL is unreachable" (503) rather
+/// than a bug (500).
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match &e {
+            JobError::Database(db) if is_unavailable(db) => ApiError::Unavailable(e.to_string()),
+            JobError::InserterStopped => ApiError::Unavailable(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match &e {
+            KeyError::Database(db) if is_unavailable(db) => ApiError::Unavailable(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound(_) => ApiError::Gone,
+            e if e.is_transient() => ApiError::Unavailable(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! `POST /generate`: validate, then create the job exactly once per
+//! (client, idempotency key), following the IETF Idempotency-Key draft.
+//!
+//! Redis `SET NX` answers the common repeats without touching PostgreSQL;
+//! PostgreSQL's unique constraint decides every case Redis cannot (down,
+//! flushed, expired), so a duplicate job is impossible either way.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Client;
+use super::error::ApiError;
+use super::status::job_json;
+use crate::metrics::{IDEMPOTENT_REPLAYS, JOBS_CREATED};
+use crate::render::{self, Format};
+use crate::storage::cache::{Holder, Reservation};
+use crate::storage::jobs::JobView;
+use crate::storage::jobs::create::{Created, NewJob};
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+/// Longest accepted filename, in characters (before the extension).
+const MAX_FILENAME_CHARS: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateRequest<'a> {
+    format: Option<String>,
+    idempotency_key: Option<String>,
+    filename: Option<String>,
+    #[serde(borrow)]
+    document: Option<&'a RawValue>,
+}
+
+/// The handler: parse, validate, then [`accept`].
+pub async fn generate(
+    State(state): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.config.max_body_bytes),
+        _ => ApiError::InvalidRequest(rejection.body_text()),
+    })?;
+    let request: GenerateRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let key = idempotency_key(&headers, request.idempotency_key.as_deref())?;
+    let format_name = request
+        .format
+        .ok_or_else(|| ApiError::InvalidRequest("`format` is required".into()))?;
+    let format: Format = format_name
+        .parse()
+        .map_err(|_| ApiError::UnsupportedFormat(format_name.clone()))?;
+    let document = request
+        .document
+        .ok_or_else(|| ApiError::InvalidRequest("`document` is required".into()))?;
+    let filename = sanitize_filename(request.filename.as_deref().unwrap_or("document"), format);
+
+    // Validation is CPU work proportional to the document: off the async workers.
+    let limits = state.config.limits;
+    let text = document.get().to_string();
+    let text = tokio::task::spawn_blocking(move || {
+        render::validate(text.as_bytes(), &limits).map(|_| text)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::InvalidDocument)?;
+
+    let fingerprint = fingerprint(format, &filename, document);
+    let new = NewJob {
+        id: Uuid::now_v7(),
+        client_id: client,
+        idempotency_key: key,
+        fingerprint: fingerprint.to_vec(),
+        format,
+        filename,
+        payload: text,
+    };
+    let (job, replayed) = accept(&state, new).await?;
+    Ok(respond(&job, replayed))
+}
+
+/// Creates the job or finds the one its key already made.
+async fn accept(state: &AppState, new: NewJob) -> Result<(JobView, bool), ApiError> {
+    let fp_hex = hex::encode(&new.fingerprint);
+    let mut reserved = false;
+    match state
+        .cache
+        .reserve_key(new.client_id, &new.idempotency_key, &fp_hex)
+        .await
+    {
+        Ok(Reservation::Reserved) => reserved = true,
+        Ok(Reservation::Held(Holder::Job {
+            job_id,
+            fingerprint,
+        })) => {
+            if fingerprint != fp_hex {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            if let Some(job) = state.jobs.get(job_id).await? {
+                return Ok((job, true));
+            }
+            // The cache names a job PostgreSQL does not have (a namespace
+            // reused over a fresh database): trust PostgreSQL, go on.
+        }
+        Ok(Reservation::Held(Holder::Pending { fingerprint })) => {
+            if fingerprint != fp_hex {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            return match state
+                .jobs
+                .find_by_key(new.client_id, &new.idempotency_key)
+                .await?
+            {
+                Some((job, _)) => Ok((job, true)),
+                None => Err(ApiError::RequestInProgress),
+            };
+        }
+        // Redis is only a shortcut; PostgreSQL's constraint still guards.
+        Err(_) => {}
+    }
+
+    let created = match state.jobs.create(new.clone()).await {
+        Ok(created) => created,
+        Err(e) => {
+            if reserved {
+                let _ = state
+                    .cache
+                    .release_key(new.client_id, &new.idempotency_key)
+                    .await;
+            }
+            return Err(e.into());
+        }
+    };
+    match created {
+        Created::New(job) => {
+            metrics::counter!(JOBS_CREATED, "format" => job.format.as_str()).increment(1);
+            state.outbox.notify(job.id, job.format);
+            // Both writes are best effort: a miss only costs a PostgreSQL read.
+            let _ = tokio::join!(
+                state
+                    .cache
+                    .complete_key(new.client_id, &new.idempotency_key, job.id, &fp_hex),
+                state.cache.put_status(&job),
+            );
+            Ok((job, false))
+        }
+        Created::Existing { job, fingerprint } => {
+            if fingerprint != new.fingerprint {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            let _ = state
+                .cache
+                .complete_key(new.client_id, &new.idempotency_key, job.id, &fp_hex)
+                .await;
+            Ok((job, true))
+        }
+    }
+}
+
+fn respond(job: &JobView, replayed: bool) -> Response {
+    if replayed {
+        metrics::counter!(IDEMPOTENT_REPLAYS).increment(1);
+    }
+    let location = format!("/status/{}", job.id);
+    let mut response = (StatusCode::ACCEPTED, Json(job_json(job))).into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, value);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// The key from the body or the `Idempotency-Key` header; both must agree.
+fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<String, ApiError> {
+    let header = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::InvalidIdempotencyKey("the header is not visible ASCII".into())
+        })?),
+    };
+    let key = match (header, body) {
+        (Some(h), Some(b)) if h != b => return Err(ApiError::IdempotencyKeyMismatch),
+        (Some(k), _) | (None, Some(k)) => k,
+        (None, None) => return Err(ApiError::IdempotencyKeyRequired),
+    };
+    if key.trim().is_empty() {
+        return Err(ApiError::IdempotencyKeyRequired);
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(ApiError::InvalidIdempotencyKey(format!(
+            "longer than {MAX_KEY_LEN} bytes"
+        )));
+    }
+    Ok(key.to_string())
+}
+
+/// SHA-256 of the canonical request without its key: object keys sorted,
+/// insignificant whitespace gone, so a re-serialised retry still matches.
+fn fingerprint(format: Format, filename: &str, document: &RawValue) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(format.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(filename.as_bytes());
+    hasher.update([0]);
+    match serde_json::from_str::<serde_json::Value>(document.get()) {
+        Ok(value) => canonical(&value, &mut hasher),
+        Err(_) => hasher.update(document.get().as_bytes()),
+    }
+    hasher.finalize().into()
+}
+
+fn canonical(value: &serde_json::Value, out: &mut Sha256) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.update(b"{");
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                out.update(Value::String(key.clone()).to_string().as_bytes());
+                out.update(b":");
+                canonical(&map[key], out);
+            }
+            out.update(b"}");
+        }
+        Value::Array(items) => {
+            out.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.update(b",");
+                }
+                canonical(item, out);
+            }
+            out.update(b"]");
+        }
+        scalar => out.update(scalar.to_string().as_bytes()),
+    }
+}
+
+/// A filename safe for a `Content-Disposition` header and any file system:
+/// no path, no control characters, bounded length, the format's extension.
+pub fn sanitize_filename(name: &str, format: Format) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let ext = format!(".{}", format.as_str());
+    let base = base.strip_suffix(&ext).unwrap_or(base);
+    let cleaned: String = base
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '"' | '<' | '>' | ':' | '|' | '?' | '*'))
+        .take(MAX_FILENAME_CHARS)
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    let cleaned = if cleaned.is_empty() { "document" } else { cleaned };
+    format!("{cleaned}{ext}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_lose_paths_and_control_characters() {
+        assert_eq!(sanitize_filename("../../etc/passwd", Format::Pdf), "passwd.pdf");
+        assert_eq!(sanitize_filename("Vendas Q3.xlsx", Format::Xlsx), "Vendas Q3.xlsx");
+        assert_eq!(sanitize_filename("a\"b\r\nc", Format::Pdf), "abc.pdf");
+        assert_eq!(sanitize_filename("  ", Format::Pdf), "document.pdf");
+    }
+
+    #[test]
+    fn fingerprints_ignore_key_order_and_whitespace() {
+        let a: Box<RawValue> = serde_json::from_str(r#"{"a": 1, "b": [1, 2]}"#).unwrap();
+        let b: Box<RawValue> = serde_json::from_str(r#"{"b":[1,2],"a":1}"#).unwrap();
+        let c: Box<RawValue> = serde_json::from_str(r#"{"b":[2,1],"a":1}"#).unwrap();
+        let fp = |d: &RawValue| fingerprint(Format::Pdf, "x.pdf", d);
+        assert_eq!(fp(&a), fp(&b));
+        assert_ne!(fp(&a), fp(&c));
+        assert_ne!(fp(&a), fingerprint(Format::Xlsx, "x.pdf", &a));
+    }
+}

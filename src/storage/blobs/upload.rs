@@ -1,0 +1,223 @@
+//! Uploading a file to S3: one PutObject for small files, a multipart upload for large ones.
+
+use std::path::Path;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bytes::Bytes;
+
+use super::reader::{self, Chunks};
+use super::s3::classify;
+use super::{ArtifactMeta, BlobError, StoredArtifact};
+
+const MIB: u64 = 1024 * 1024;
+/// S3's smallest allowed part (all but the last).
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// S3's largest part and largest single PutObject.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+/// S3's limit on parts per upload; the part size grows to stay under it.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// When an upload switches to multipart, and how big each part is. Memory
+/// per upload is bounded by about three parts (one uploading, one read ahead,
+/// one being read), or by the threshold for a single PutObject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MultipartLimits {
+    /// Files larger than this are uploaded in parts.
+    pub threshold: u64,
+    /// Size of every part but the last.
+    pub part_size: u64,
+}
+
+impl Default for MultipartLimits {
+    fn default() -> Self {
+        Self {
+            threshold: 8 * MIB,
+            part_size: 8 * MIB,
+        }
+    }
+}
+
+impl MultipartLimits {
+    /// Rejects limits S3 would refuse, before the first upload finds out.
+    pub fn validate(&self) -> Result<(), BlobError> {
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
+            return Err(BlobError::Config(format!(
+                "multipart part size {} is outside S3's 5 MiB..=5 GiB",
+                self.part_size
+            )));
+        }
+        if self.threshold > MAX_PART_SIZE {
+            return Err(BlobError::Config(format!(
+                "multipart threshold {} exceeds S3's 5 GiB single-upload limit",
+                self.threshold
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `path` once, hashing it, and stores it under `key` (overwriting).
+pub async fn put_file(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    meta: &ArtifactMeta,
+    limits: MultipartLimits,
+) -> Result<StoredArtifact, BlobError> {
+    let file = reader::open(path).await?;
+    let len = file.len();
+    if len <= limits.threshold {
+        let chunks = file.into_chunks(as_chunk(limits.threshold.max(1))?);
+        put_single(client, bucket, key, meta, chunks).await
+    } else {
+        let part_size = limits.part_size.max(len.div_ceil(MAX_PARTS));
+        let chunks = file.into_chunks(as_chunk(part_size)?);
+        put_multipart(client, bucket, key, meta, chunks).await
+    }
+}
+
+fn as_chunk(size: u64) -> Result<usize, BlobError> {
+    usize::try_from(size).map_err(|_| BlobError::Config(format!("part size {size} too large")))
+}
+
+async fn put_single(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    meta: &ArtifactMeta,
+    mut chunks: Chunks,
+) -> Result<StoredArtifact, BlobError> {
+    let body = chunks.next().await.transpose()?.unwrap_or_else(Bytes::new);
+    if chunks.next().await.is_some() {
+        return Err(BlobError::Other(format!(
+            "{key}: the file grew while it was being uploaded"
+        )));
+    }
+    let (size, sha256) = chunks.finish().await?;
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type(&meta.content_type)
+        .content_disposition(&meta.content_disposition)
+        .content_length(size as i64)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|err| classify(&format!("put {key}"), err))?;
+    Ok(StoredArtifact { size, sha256 })
+}
+
+async fn put_multipart(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    meta: &ArtifactMeta,
+    chunks: Chunks,
+) -> Result<StoredArtifact, BlobError> {
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .content_type(&meta.content_type)
+        .content_disposition(&meta.content_disposition)
+        .send()
+        .await
+        .map_err(|err| classify(&format!("start multipart upload of {key}"), err))?;
+    let upload_id = created
+        .upload_id()
+        .ok_or_else(|| BlobError::Other(format!("{key}: multipart upload without an id")))?
+        .to_owned();
+    match upload_parts(client, bucket, key, &upload_id, chunks).await {
+        Ok(stored) => Ok(stored),
+        Err(err) => {
+            // Parts of an unfinished upload are billed until aborted.
+            let aborted = client
+                .abort_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            if let Err(abort) = aborted {
+                tracing::warn!(
+                    key,
+                    upload_id,
+                    error = %classify("abort multipart upload", abort),
+                    "multipart upload left behind; a bucket lifecycle rule should expire it"
+                );
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn upload_parts(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    mut chunks: Chunks,
+) -> Result<StoredArtifact, BlobError> {
+    let mut parts = Vec::new();
+    let mut number = 0i32;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        number += 1;
+        let uploaded = client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(chunk.len() as i64)
+            .body(ByteStream::from(chunk))
+            .send()
+            .await
+            .map_err(|err| classify(&format!("upload part {number} of {key}"), err))?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(uploaded.e_tag().map(str::to_owned))
+                .build(),
+        );
+    }
+    let (size, sha256) = chunks.finish().await?;
+    client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|err| classify(&format!("complete multipart upload of {key}"), err))?;
+    Ok(StoredArtifact { size, sha256 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_s3_would_refuse_are_rejected() {
+        assert!(MultipartLimits::default().validate().is_ok());
+        let tiny = MultipartLimits {
+            threshold: MIB,
+            part_size: MIB,
+        };
+        assert!(matches!(tiny.validate(), Err(BlobError::Config(_))));
+        let huge = MultipartLimits {
+            threshold: 6 * 1024 * MIB,
+            part_size: 8 * MIB,
+        };
+        assert!(matches!(huge.validate(), Err(BlobError::Config(_))));
+    }
+}

@@ -1,0 +1,2 @@
+mod blobs;
+mod support;
