@@ -1,1 +1,100 @@
-//! (filled in by its issue)
+//! Wiring: builds every store from the configuration, then serves HTTP and
+//! runs the actor tree of the chosen role until a shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::storage::blobs::Blobs;
+use crate::storage::cache::Cache;
+use crate::storage::jobs::create::JobStore;
+use crate::storage::keys::KeyRing;
+use crate::storage::outbox::Outbox;
+use crate::storage::queue::Publisher;
+use crate::storage::{blobs, cache, db};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error(transparent)]
+    Blobs(#[from] blobs::BlobError),
+    #[error("listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A built service, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Creates the database if missing, migrates it, connects every store
+    /// (Redis, RabbitMQ and storage lazily: the API starts while they are
+    /// down) and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        db::ensure_database(&config.database_url).await?;
+        let pool = db::connect(&config.database_url, 32).await?;
+        db::migrate(&pool).await?;
+
+        let cache = Cache::new(
+            &config.redis_url,
+            &config.namespace,
+            config.idempotency_ttl,
+            config.status_cache_ttl,
+        )?;
+        let blobs = Blobs::from_config(&config.storage).await?;
+        if let Err(e) = blobs.ensure_bucket().await {
+            tracing::warn!(error = %e, "artifact storage unavailable at start; continuing degraded");
+        }
+        let outbox = Outbox::new(pool.clone(), Publisher::lazy(&config));
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| AppError::Listen(config.listen, e))?;
+
+        let state = AppState {
+            config: Arc::new(config),
+            jobs: JobStore::new(pool.clone()),
+            keys: KeyRing::new(pool),
+            cache,
+            blobs,
+            outbox,
+            actors: None,
+        };
+        Ok(Application { listener, state })
+    }
+
+    /// The bound port (tests bind port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The shared state, for wiring the actor tree to the same stores.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Attaches the actor tree `/health/actors` reports.
+    pub fn with_actors(mut self, tree: Arc<dyn http::health::ActorTree>) -> Self {
+        self.state.actors = Some(tree);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains open connections.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+        let router = http::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(AppError::Serve)
+    }
+}

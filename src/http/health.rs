@@ -14,6 +14,12 @@ use serde_json::{Value, json};
 
 use super::AppState;
 
+/// A snapshot of this process's actor tree; implemented by the worker runtime
+/// and handed in by `app`, so this module never depends on the actors.
+pub trait ActorTree: Send + Sync + 'static {
+    fn snapshot(&self) -> Value;
+}
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /health/live`: the process serves requests.
@@ -62,10 +68,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 
 /// `GET /health/actors`: the live supervision tree of this process.
 pub async fn actors(State(state): State<AppState>) -> Json<Value> {
-    let tree = state
-        .actors
-        .as_ref()
-        .map(|handle| serde_json::to_value(handle.health()).unwrap_or(Value::Null));
+    let tree = state.actors.as_ref().map(|tree| tree.snapshot());
     Json(json!({ "actors": tree }))
 }
 

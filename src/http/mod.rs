@@ -18,7 +18,6 @@ use axum::routing::{get, post};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::actors::WorkerHandle;
 use crate::config::Config;
 use crate::storage::blobs::Blobs;
 use crate::storage::cache::Cache;
@@ -36,7 +35,7 @@ pub struct AppState {
     pub blobs: Blobs,
     pub outbox: Outbox,
     /// The actor tree of this process, for `/health/actors`.
-    pub actors: Option<Arc<WorkerHandle>>,
+    pub actors: Option<Arc<dyn health::ActorTree>>,
 }
 
 /// All routes with their middleware.

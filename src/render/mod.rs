@@ -73,3 +73,19 @@ impl Default for Limits {
         }
     }
 }
+
+// TEMPORARY until the renderers branch lands (replaced wholesale at merge).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationError {
+    pub path: String,
+    pub message: String,
+}
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+impl std::error::Error for ValidationError {}
+pub fn validate(document: &[u8], _limits: &Limits) -> Result<(), ValidationError> {
+    serde_json::from_slice::<serde_json::Value>(document).map(|_| ()).map_err(|e| ValidationError { path: "document".into(), message: e.to_string() })
+}

@@ -7,4 +7,5 @@ pub mod cache;
 pub mod db;
 pub mod jobs;
 pub mod keys;
+pub mod outbox;
 pub mod queue;

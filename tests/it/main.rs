@@ -1,2 +1,6 @@
+//! One integration-test binary (one link step) for everything that talks to
+//! the real services; each test boots its own app in its own namespace.
+
+mod api_generate;
 mod blobs;
 mod support;

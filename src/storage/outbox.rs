@@ -1,0 +1,175 @@
+//! The transactional outbox: a committed job is published to RabbitMQ at
+//! least once, even if the API dies right after the commit or the broker is
+//! down when the job is accepted.
+//!
+//! Two paths share one rule (publish, wait for the broker's confirm, then set
+//! `published_at`): `notify` publishes a just-committed job in the background
+//! without delaying its `202`, batching the confirms and the `UPDATE`; `sweep`
+//! (driven by the relay actor every second) republishes whatever is still
+//! unpublished after [`SWEEP_GRACE`]. Consumers therefore see duplicates and
+//! treat them as such.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::metrics::OUTBOX_BACKLOG;
+use crate::render::Format;
+use crate::storage::queue::{Publisher, QueueError};
+
+/// How old an unpublished job must be before the sweep takes it from `notify`.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(3);
+/// Most jobs one notify batch or one sweep round publishes.
+const BATCH: usize = 512;
+
+/// Failures of the outbox; the sweep retries them next round.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// Handle to the outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    pool: PgPool,
+    publisher: Publisher,
+    notify: mpsc::UnboundedSender<(Uuid, Format)>,
+}
+
+impl Outbox {
+    /// Starts the background publisher of `notify` on the current runtime.
+    pub fn new(pool: PgPool, publisher: Publisher) -> Self {
+        let (notify, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_notified(pool.clone(), publisher.clone(), rx));
+        Outbox {
+            pool,
+            publisher,
+            notify,
+        }
+    }
+
+    /// Publishes a just-committed job soon; never fails (the sweep is the backstop).
+    pub fn notify(&self, job_id: Uuid, format: Format) {
+        let _ = self.notify.send((job_id, format));
+    }
+
+    /// Publishes every job committed more than [`SWEEP_GRACE`] ago and still
+    /// unpublished; returns how many were published. Replicas sweeping at
+    /// once skip each other's rows (`SKIP LOCKED`).
+    pub async fn sweep(&self) -> Result<usize, OutboxError> {
+        let mut published = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query(
+                "SELECT id, format FROM jobs
+                 WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+                 ORDER BY created_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(SWEEP_GRACE.as_secs_f64())
+            .bind(BATCH as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut jobs = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let format: String = row.try_get("format")?;
+                if let Ok(format) = format.parse::<Format>() {
+                    jobs.push((row.try_get::<Uuid, _>("id")?, format));
+                }
+            }
+            let done = publish_all(&self.publisher, &jobs).await;
+            mark_published(&mut *tx, &done).await?;
+            tx.commit().await?;
+            published += done.len();
+            if done.len() < jobs.len() {
+                // The broker refused some: stop here and retry next round.
+                self.record_backlog().await?;
+                return Err(OutboxError::Queue(QueueError::Unavailable(format!(
+                    "{} of {} jobs not confirmed",
+                    jobs.len() - done.len(),
+                    jobs.len()
+                ))));
+            }
+            if jobs.len() < BATCH {
+                break;
+            }
+        }
+        self.record_backlog().await?;
+        Ok(published)
+    }
+
+    /// Health probe for the broker, as seen by this process's publisher.
+    pub async fn check(&self) -> Result<(), QueueError> {
+        self.publisher.check().await
+    }
+
+    /// Jobs committed but not yet confirmed, exported as a gauge.
+    pub async fn backlog(&self) -> Result<i64, OutboxError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn record_backlog(&self) -> Result<(), OutboxError> {
+        let backlog = self.backlog().await?;
+        metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64);
+        Ok(())
+    }
+}
+
+/// The `notify` path: publish what has gathered, then one `UPDATE` for all.
+async fn publish_notified(
+    pool: PgPool,
+    publisher: Publisher,
+    mut rx: mpsc::UnboundedReceiver<(Uuid, Format)>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let done = publish_all(&publisher, &batch).await;
+        if let Err(e) = mark_published(&pool, &done).await {
+            // Published but not marked: the sweep publishes them again, and
+            // consumers skip the duplicate.
+            tracing::warn!(error = %e, jobs = done.len(), "could not mark jobs published");
+        }
+        batch.clear();
+    }
+}
+
+/// Publishes concurrently (confirms pipelined); returns the confirmed ids.
+async fn publish_all(publisher: &Publisher, jobs: &[(Uuid, Format)]) -> Vec<Uuid> {
+    let results = join_all(
+        jobs.iter()
+            .map(|&(id, format)| async move { (id, publisher.publish(id, format).await) }),
+    )
+    .await;
+    let mut done = Vec::with_capacity(results.len());
+    for (id, result) in results {
+        match result {
+            Ok(()) => done.push(id),
+            Err(e) => tracing::debug!(job_id = %id, error = %e, "publish not confirmed"),
+        }
+    }
+    done
+}
+
+async fn mark_published<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE jobs SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
+        .bind(ids)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
