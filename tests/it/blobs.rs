@@ -66,6 +66,8 @@ on_both_backends!(
     put_then_get_returns_the_same_bytes,
     an_empty_file_round_trips,
     putting_the_same_key_twice_keeps_one_object_with_the_new_bytes,
+    concurrent_puts_of_one_key_leave_one_whole_object,
+    a_missing_source_file_is_a_permanent_error,
     a_file_above_the_multipart_threshold_round_trips,
     a_deleted_key_reads_as_not_found,
     a_missing_key_reads_as_not_found,
@@ -213,6 +215,42 @@ async fn putting_the_same_key_twice_keeps_one_object_with_the_new_bytes(blobs: B
     assert_eq!(body.size, Some(second.len() as u64));
     assert_eq!(read_all(body).await, second);
     assert_eq!(object_count(&blobs).await, 1);
+}
+
+async fn concurrent_puts_of_one_key_leave_one_whole_object(blobs: Blobs) {
+    // A redelivered job may upload while its first delivery still does.
+    let contents: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(64 * 1024 + i)).collect();
+    let files: Vec<NamedTempFile> = contents.iter().map(|bytes| file_with(bytes)).collect();
+    let meta = xlsx_meta();
+    let puts = files
+        .iter()
+        .map(|file| blobs.put_file("xlsx/raced.xlsx", file.path(), &meta));
+    let stored = futures::future::try_join_all(puts)
+        .await
+        .expect("every put");
+
+    let read = read_all(blobs.get("xlsx/raced.xlsx").await.expect("get")).await;
+    let digest = sha256_hex(&read);
+    assert!(
+        stored.iter().any(|s| s.sha256 == digest),
+        "stored bytes match none of the uploads"
+    );
+    assert_eq!(object_count(&blobs).await, 1);
+}
+
+async fn a_missing_source_file_is_a_permanent_error(blobs: Blobs) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = blobs
+        .put_file(
+            "xlsx/none.xlsx",
+            &dir.path().join("missing.xlsx"),
+            &xlsx_meta(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BlobError::Io(_)), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(object_count(&blobs).await, 0);
 }
 
 async fn a_file_above_the_multipart_threshold_round_trips(blobs: Blobs) {
