@@ -280,6 +280,11 @@ async fn a_file_above_the_multipart_threshold_round_trips(blobs: Blobs) {
 
     let body = blobs.get("xlsx/large.xlsx").await.expect("get");
     assert_eq!(body.size, Some(bytes.len() as u64));
+    assert_eq!(body.content_type, Some(xlsx_meta().content_type));
+    assert_eq!(
+        body.content_disposition,
+        Some(xlsx_meta().content_disposition)
+    );
     let read = read_all(body).await;
     assert_eq!(read.len(), bytes.len());
     assert_eq!(sha256_hex(&read), stored.sha256);
