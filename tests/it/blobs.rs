@@ -505,3 +505,27 @@ async fn put_fails_promptly_and_transiently_while_s3_is_down_then_recovers() {
         .expect("object kept across restart");
     assert_eq!(read_all(body).await, b"before");
 }
+
+#[tokio::test]
+async fn half_configured_static_credentials_are_a_clear_error() {
+    let config = StorageConfig::S3(artefatos::config::S3Config {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        bucket: "b".into(),
+        region: "us-east-1".into(),
+        access_key_id: Some("key".into()),
+        secret_access_key: None,
+    });
+    let err = Blobs::from_config(&config).await.unwrap_err();
+    assert!(matches!(err, BlobError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn a_presign_ttl_beyond_seven_days_is_refused() {
+    let (_server, blobs) = s3_blobs().await;
+    let err = blobs
+        .presign_get("k", Duration::from_secs(8 * 24 * 3600), "attachment")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BlobError::Config(_)), "{err:?}");
+}
