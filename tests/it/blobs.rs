@@ -529,3 +529,15 @@ async fn a_presign_ttl_beyond_seven_days_is_refused() {
         .unwrap_err();
     assert!(matches!(err, BlobError::Config(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn the_storage_env_of_a_test_server_configures_the_same_store() {
+    let server = S3Server::start().await;
+    let config = server.config();
+    let vars = crate::support::s3::storage_env(&config)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    let parsed = artefatos::Config::from_vars(&vars).expect("config from env");
+    assert_eq!(parsed.storage, config);
+}
