@@ -16,10 +16,12 @@ use crate::support::s3::S3Server;
 
 const MIB: usize = 1024 * 1024;
 
-/// S3's smallest part, so a file of a few MiB goes through a multipart upload.
+/// S3's smallest part, so a file of a few MiB goes through a multipart upload;
+/// two parts at once, so parts can complete out of order.
 const TEST_LIMITS: MultipartLimits = MultipartLimits {
     threshold: 5 * MIB as u64,
     part_size: 5 * MIB as u64,
+    concurrency: 2,
 };
 
 async fn s3_blobs() -> (S3Server, Blobs) {
