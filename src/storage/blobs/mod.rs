@@ -57,6 +57,10 @@ pub struct PresignedUrl {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Chunk size of a streamed download (and of the filesystem backend's copy):
+/// large enough to keep per-chunk overhead small, small enough to stay cheap.
+const STREAM_CHUNK: usize = 64 * 1024;
+
 /// The chunks of an object, read lazily so a download of any size passes
 /// through the service without being held in memory.
 pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
