@@ -4,10 +4,12 @@
 # (compose config and the local-cluster config); nginx behaves (request id, 413, POST
 # retry) in front of echo backends; the numbers that matter hold (HPA 2-10 at 70 %,
 # KEDA 1-10 at 10 per replica, grace periods, body sizes); every metric the dashboard
-# and alerts name is exported by src/metrics.rs. The checks are tests/deploy/*.py.
+# and alerts name is exported by src/metrics.rs; promtool checks the rules and runs
+# their unit tests (tests/deploy/alerts_test.yaml). The checks are tests/deploy/*.py.
 #
-# Installs what it needs: Debian's nginx (apt-get, when root) and a Python venv with
-# tests/deploy/requirements.txt under ${XDG_CACHE_HOME:-~/.cache}/artefatos/.
+# Installs what it needs: Debian's nginx (apt-get, when root), promtool (unpacked from
+# Debian's prometheus package) and a Python venv with tests/deploy/requirements.txt,
+# both under ${XDG_CACHE_HOME:-~/.cache}/artefatos/.
 # Prints `N passed, N failed` last; exits non-zero on any failure.
 set -uo pipefail
 
@@ -39,6 +41,21 @@ if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
   fi
 fi
 export PATH="$PATH:/usr/sbin"
+
+# --- promtool (Debian's prometheus package, unpacked, never installed or started) ---
+PROMTOOL="$(command -v promtool || true)"
+if [[ -z "$PROMTOOL" ]]; then
+  PROMTOOL="$CACHE/prometheus-deb/usr/bin/promtool"
+  if [[ ! -x "$PROMTOOL" ]]; then
+    say "fetching promtool (apt-get download prometheus)"
+    mkdir -p "$CACHE/prometheus-deb" "$WORK/deb"
+    ( cd "$WORK/deb" && { apt-get download prometheus >"$WORK/deb.log" 2>&1 \
+        || { apt-get update -qq >>"$WORK/deb.log" 2>&1 && apt-get download prometheus >>"$WORK/deb.log" 2>&1; }; } \
+      && dpkg-deb -x prometheus_*.deb "$CACHE/prometheus-deb" ) \
+      || { say "could not fetch promtool:"; tail -5 "$WORK/deb.log" >&2; }
+  fi
+fi
+export PROMTOOL
 
 # --- Python venv --------------------------------------------------------------------
 stamp="$(sha256sum "$REQUIREMENTS" | cut -c1-16)-$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
