@@ -1,1 +1,292 @@
-//! Worker side of a job: claims, leases, final statuses, retention.
+//! Worker side of a job: claims, leases, final statuses, retention and replay,
+//! each one guarded SQL so a late or duplicate message cannot move a job back.
+//!
+//! A job is claimed when it is `queued`, or `processing` with no live lease
+//! (its worker died or gave the attempt back). A retryable failure keeps the job
+//! `processing` but releases the lease, so the retried message can claim it at
+//! once; `done` and `failed` are never left again, except by an operator's
+//! DLQ replay.
+//!
+//! The only text formatted into these statements is the constant
+//! [`JOB_VIEW_COLUMNS`]; every value is a bind parameter.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, PgPool};
+use uuid::Uuid;
+
+use super::{JOB_VIEW_COLUMNS, JobError, JobView};
+
+/// What a delivery found when it tried to claim its job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// This worker now holds the lease; the attempt may start.
+    Claimed(JobView),
+    /// The job is `done` or `failed`: the message is a duplicate, ack and skip.
+    Finished(JobView),
+    /// Another worker holds a live lease until then: retry after it.
+    Leased { until: DateTime<Utc> },
+    /// No such job (deleted, or another namespace's message): nothing to do.
+    Missing,
+}
+
+fn interval(d: Duration) -> sqlx::postgres::types::PgInterval {
+    sqlx::postgres::types::PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Takes the job for `owner` for `lease`, counting an attempt; see [`Claim`].
+pub async fn claim(
+    pool: &PgPool,
+    job_id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<Claim, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'processing', lease_owner = $2, lease_until = now() + $3, \
+         attempts = attempts + 1, started_at = COALESCE(started_at, now()), updated_at = now() \
+         WHERE id = $1 AND (status = 'queued' OR (status = 'processing' \
+           AND (lease_until IS NULL OR lease_until < now()))) \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    if let Some(view) = sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(owner)
+        .bind(interval(lease))
+        .fetch_optional(pool)
+        .await?
+    {
+        return Ok(Claim::Claimed(view));
+    }
+    let sql = format!("SELECT {JOB_VIEW_COLUMNS}, lease_until FROM jobs WHERE id = $1");
+    let Some(row) = sqlx::query(AssertSqlSafe(sql))
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(Claim::Missing);
+    };
+    use sqlx::{FromRow, Row};
+    let view = JobView::from_row(&row)?;
+    if view.status.is_final() {
+        return Ok(Claim::Finished(view));
+    }
+    let until: Option<DateTime<Utc>> = row.try_get("lease_until")?;
+    // Lost a race with a lease that has just ended: claimable on the next look.
+    Ok(Claim::Leased {
+        until: until.unwrap_or_else(Utc::now),
+    })
+}
+
+/// Fails a job that has waited in the queue longer than `ttl` without being
+/// started, as `expired`. Counts from creation or the last DLQ replay.
+pub async fn expire_if_stale(
+    pool: &PgPool,
+    job_id: Uuid,
+    ttl: Duration,
+) -> Result<Option<JobView>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'failed', error_code = 'expired', \
+         error = 'not started within ' || $2::text, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND status = 'queued' \
+           AND created_at < now() - $3 AND updated_at < now() - $3 \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(format!("{ttl:?}"))
+        .bind(interval(ttl))
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Extends the lease while the attempt runs; `false` means it was lost (taken
+/// over or finished elsewhere) and the attempt should stop trying to commit.
+pub async fn renew_lease(
+    pool: &PgPool,
+    job_id: Uuid,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, JobError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET lease_until = now() + $3 \
+         WHERE id = $1 AND status = 'processing' AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .bind(interval(lease))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The document of a job, as the JSON text the client sent.
+pub async fn payload(pool: &PgPool, job_id: Uuid) -> Result<String, JobError> {
+    let text: Option<String> = sqlx::query_scalar("SELECT payload::text FROM jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await?;
+    text.ok_or_else(|| JobError::Corrupt(format!("job {job_id} has no row")))
+}
+
+/// Where the artifact of a finished attempt is and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub key: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+/// Commits `done` with the artifact; `None` when the job is no longer this
+/// owner's `processing` job (a duplicate finished first: nothing to do).
+pub async fn mark_done(
+    pool: &PgPool,
+    job_id: Uuid,
+    owner: &str,
+    artifact: &Artifact,
+) -> Result<Option<JobView>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'done', artifact_key = $3, artifact_size = $4, \
+         artifact_sha256 = $5, error = NULL, error_code = NULL, lease_owner = NULL, \
+         lease_until = NULL, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND status = 'processing' AND lease_owner = $2 \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(owner)
+        .bind(&artifact.key)
+        .bind(artifact.size)
+        .bind(&artifact.sha256)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Commits `failed` with the last error; allowed from `queued` (expiry,
+/// permanent error before a claim) or from `processing` unless another worker
+/// holds a live lease. `None` when the job had already reached a final status.
+pub async fn mark_failed(
+    pool: &PgPool,
+    job_id: Uuid,
+    owner: &str,
+    error: &str,
+    error_code: &str,
+) -> Result<Option<JobView>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'failed', error = $3, error_code = $4, lease_owner = NULL, \
+         lease_until = NULL, finished_at = now(), updated_at = now() \
+         WHERE id = $1 AND (status = 'queued' OR (status = 'processing' AND \
+           (lease_owner IS NULL OR lease_owner = $2 OR lease_until < now()))) \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(owner)
+        .bind(error)
+        .bind(error_code)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Records a retryable failure and gives the lease back, so the retried
+/// message claims the job as soon as it returns. The status stays
+/// `processing`: it never moves back to `queued`.
+pub async fn record_attempt_error(
+    pool: &PgPool,
+    job_id: Uuid,
+    owner: &str,
+    error: &str,
+    error_code: &str,
+) -> Result<Option<JobView>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET error = $3, error_code = $4, lease_owner = NULL, lease_until = NULL, \
+         updated_at = now() \
+         WHERE id = $1 AND status = 'processing' AND lease_owner = $2 \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(owner)
+        .bind(error)
+        .bind(error_code)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Gives the lease back without an error (shutdown requeues the delivery).
+pub async fn release_lease(pool: &PgPool, job_id: Uuid, owner: &str) -> Result<bool, JobError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, updated_at = now() \
+         WHERE id = $1 AND status = 'processing' AND lease_owner = $2",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The current view of a job, for callers that need to re-read after a no-op.
+pub async fn view(pool: &PgPool, job_id: Uuid) -> Result<Option<JobView>, JobError> {
+    let sql = format!("SELECT {JOB_VIEW_COLUMNS} FROM jobs WHERE id = $1");
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Artifacts of `done` jobs finished more than `retention` ago and still
+/// stored, oldest first: the janitor's batch.
+pub async fn stale_artifacts(
+    pool: &PgPool,
+    retention: Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, String)>, JobError> {
+    Ok(sqlx::query_as::<_, (Uuid, String)>(
+        "SELECT id, artifact_key FROM jobs \
+         WHERE status = 'done' AND artifact_deleted_at IS NULL AND artifact_key IS NOT NULL \
+           AND finished_at < now() - $1 \
+         ORDER BY finished_at LIMIT $2",
+    )
+    .bind(interval(retention))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Records that a job's artifact is gone, so its download answers 410.
+pub async fn mark_artifact_deleted(
+    pool: &PgPool,
+    job_id: Uuid,
+) -> Result<Option<JobView>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET artifact_deleted_at = now(), updated_at = now() \
+         WHERE id = $1 AND status = 'done' AND artifact_deleted_at IS NULL \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// The operator's DLQ replay: a `failed` job goes back to `queued` with its
+/// attempts and error cleared, and unpublished so the outbox relay sends it
+/// again. The one sanctioned backwards move; nothing else calls it.
+pub async fn reset_for_replay(pool: &PgPool, job_id: Uuid) -> Result<Option<JobView>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, error_code = NULL, \
+         lease_owner = NULL, lease_until = NULL, started_at = NULL, finished_at = NULL, \
+         published_at = NULL, updated_at = now() \
+         WHERE id = $1 AND status = 'failed' \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await?)
+}
