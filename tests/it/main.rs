@@ -5,4 +5,5 @@ mod api_degraded;
 mod api_generate;
 mod api_read;
 mod blobs;
+mod cli;
 mod support;
