@@ -107,7 +107,11 @@ def test_keda_scales_each_worker_1_to_10_at_10_per_replica(base, fmt):
     assert meta["serverAddress"].startswith("http")
     selectors, _ = L.promql_selectors(meta["query"])
     assert [s[0] for s in selectors] == ["artefatos_queue_depth"]
-    assert f'format="{fmt}"' in meta["query"].replace(" ", "")
+    query = meta["query"].replace(" ", "")
+    assert f'format="{fmt}"' in query
+    # Prometheus' `namespace` target label is the pod's namespace: the query must name
+    # the one kustomize puts the workers in, or it reads another deployment's queue.
+    assert f'namespace="{so["metadata"]["namespace"]}"' in query
     worker = L.one(base, "Deployment", name)
     env = {e["name"]: e.get("value") for e in L.pod_spec(worker)["containers"][0].get("env", [])}
     assert env["ARTEFATOS_WORKER_FORMATS"] == fmt
