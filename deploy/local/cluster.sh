@@ -194,7 +194,7 @@ stop_all() {
   # Edge first, so no new request reaches a stopping API; then APIs and workers together.
   stop_one nginx || rc=1
   for name in "${API_NAMES[@]}" "${WORKER_NAMES[@]}"; do
-    [[ -n "$(pid_of "$name")" ]] && kill -TERM "$(pid_of "$name")" 2>/dev/null || true
+    if [[ -n "$(pid_of "$name")" ]]; then kill -TERM "$(pid_of "$name")" 2>/dev/null || true; fi
   done
   for name in "${API_NAMES[@]}" "${WORKER_NAMES[@]}"; do stop_one "$name" signalled || rc=1; done
   return $rc
