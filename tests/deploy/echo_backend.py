@@ -41,6 +41,8 @@ class Handler(BaseHTTPRequestHandler):
         }).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if self.headers.get("X-Request-Id"):
+            self.send_header("x-request-id", self.headers["X-Request-Id"])  # as the API does
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
