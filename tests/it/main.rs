@@ -4,3 +4,7 @@
 mod api_generate;
 mod blobs;
 mod support;
+mod worker_flow;
+mod worker_lifecycle;
+mod worker_queue;
+mod worker_support;

@@ -51,7 +51,10 @@ async fn a_rejected_job_comes_back_with_growing_attempts_then_lands_in_the_dlq()
     let topology = Topology::new(&config);
     let publisher = Publisher::connect(&config).await.expect("publisher");
     let job = Uuid::new_v4();
-    publisher.publish(job, Format::Xlsx).await.expect("confirmed");
+    publisher
+        .publish(job, Format::Xlsx)
+        .await
+        .expect("confirmed");
 
     let connection = queue::connect(&config.amqp_url).await.expect("connect");
     let (channel, mut consumer) = queue::consume(&connection, &topology, Format::Xlsx, 1, "t")
@@ -134,7 +137,10 @@ async fn declaring_twice_is_harmless_and_depth_counts_ready_messages() {
     let topology = Topology::new(&config);
     let publisher = Publisher::connect(&config).await.expect("publisher");
     for _ in 0..3 {
-        publisher.publish(Uuid::new_v4(), Format::Pdf).await.unwrap();
+        publisher
+            .publish(Uuid::new_v4(), Format::Pdf)
+            .await
+            .unwrap();
     }
     let connection = queue::connect(&config.amqp_url).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
