@@ -42,6 +42,8 @@ impl Application {
     /// (Redis, RabbitMQ and storage lazily: the API starts while they are
     /// down) and binds the listener.
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        // Before the first request, so no measurement is lost.
+        crate::metrics::recorder();
         db::ensure_database(&config.database_url).await?;
         let pool = db::connect(&config.database_url, 32).await?;
         db::migrate(&pool).await?;
@@ -90,7 +92,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains open connections.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), AppError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
         let router = http::router(self.state);
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)

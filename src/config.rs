@@ -137,11 +137,13 @@ impl Config {
             Some(list) => list
                 .split(',')
                 .map(|f| {
-                    f.trim().parse::<Format>().map_err(|_| ConfigError::Invalid {
-                        name: "ARTEFATOS_WORKER_FORMATS",
-                        value: list.clone(),
-                        reason: "expected a comma-separated list of xlsx, pdf".into(),
-                    })
+                    f.trim()
+                        .parse::<Format>()
+                        .map_err(|_| ConfigError::Invalid {
+                            name: "ARTEFATOS_WORKER_FORMATS",
+                            value: list.clone(),
+                            reason: "expected a comma-separated list of xlsx, pdf".into(),
+                        })
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -170,10 +172,17 @@ impl Config {
         };
 
         Ok(Config {
-            database_url: or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/artefatos"),
+            database_url: or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/artefatos",
+            ),
             redis_url: or("REDIS_URL", "redis://127.0.0.1:6379"),
             amqp_url: or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            listen: parse(vars, "ARTEFATOS_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            listen: parse(
+                vars,
+                "ARTEFATOS_LISTEN",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
             namespace: or("ARTEFATOS_NAMESPACE", "artefatos"),
             storage,
             presign_ttl: duration(vars, "ARTEFATOS_PRESIGN_TTL", secs(15 * 60))?,
@@ -232,7 +241,9 @@ fn duration(
 
 /// Parses `500ms`, `30s`, `15m`, `24h`, `7d`; a bare number means seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().ok()?;
     let ms = match unit {
@@ -263,7 +274,10 @@ mod tests {
     fn a_bucket_selects_s3_and_bad_values_name_their_variable() {
         let mut vars = HashMap::new();
         vars.insert("S3_BUCKET".to_string(), "b".to_string());
-        vars.insert("S3_ENDPOINT".to_string(), "http://127.0.0.1:9000".to_string());
+        vars.insert(
+            "S3_ENDPOINT".to_string(),
+            "http://127.0.0.1:9000".to_string(),
+        );
         let config = Config::from_vars(&vars).unwrap();
         assert!(matches!(config.storage, StorageConfig::S3(ref s3) if s3.bucket == "b"));
 

@@ -9,7 +9,11 @@ use artefatos::app::Application;
 use artefatos::storage::{db, keys};
 
 #[derive(Parser)]
-#[command(name = "artefatos", version, about = "Asynchronous XLSX and PDF generation")]
+#[command(
+    name = "artefatos",
+    version,
+    about = "Asynchronous XLSX and PDF generation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,10 @@ async fn main() -> anyhow::Result<()> {
         vars.insert("ARTEFATOS_WORKER_FORMATS".into(), formats.clone());
     }
     let config = Config::from_vars(&vars).context("configuration")?;
-    artefatos::telemetry::init(vars.get("ARTEFATOS_LOG_FORMAT").is_some_and(|f| f == "json"));
+    artefatos::telemetry::init(
+        vars.get("ARTEFATOS_LOG_FORMAT")
+            .is_some_and(|f| f == "json"),
+    );
 
     match cli.command {
         Command::All | Command::Api | Command::Worker { .. } => serve(config).await,
@@ -75,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
             match command {
                 KeysCommand::Create { name } => {
                     let key = keys::create(&pool, &name).await?;
-                    println!("client {} ({}), key id {}", key.client_name, key.client_id, key.key_id);
+                    println!(
+                        "client {} ({}), key id {}",
+                        key.client_name, key.client_id, key.key_id
+                    );
                     println!("{}", key.secret);
                 }
                 KeysCommand::Revoke { id_or_prefix } => {
@@ -88,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
                             Some(at) => format!("revoked {at}"),
                             None => "active".into(),
                         };
-                        println!("{}  {}…  {}  {}  {}", key.id, key.prefix, key.client_name, key.created_at, state);
+                        println!(
+                            "{}  {}…  {}  {}  {}",
+                            key.id, key.prefix, key.client_name, key.created_at, state
+                        );
                     }
                 }
             }

@@ -62,7 +62,9 @@ pub async fn download(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/json"));
         if wants_json {
-            return Ok(Json(json!({ "url": url.url, "expires_at": url.expires_at })).into_response());
+            return Ok(
+                Json(json!({ "url": url.url, "expires_at": url.expires_at })).into_response(),
+            );
         }
         let location =
             HeaderValue::from_str(&url.url).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -130,7 +132,13 @@ fn job_key(job: &JobView) -> String {
 pub fn content_disposition(filename: &str) -> String {
     let ascii: String = filename
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .filter(|c| !matches!(c, '"' | '\\'))
         .collect();
     let mut encoded = String::new();

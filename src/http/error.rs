@@ -24,7 +24,9 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("unsupported format {0:?}: expected \"xlsx\" or \"pdf\"")]
     UnsupportedFormat(String),
-    #[error("an idempotency key is required (body field `idempotency_key` or `Idempotency-Key` header)")]
+    #[error(
+        "an idempotency key is required (body field `idempotency_key` or `Idempotency-Key` header)"
+    )]
     IdempotencyKeyRequired,
     #[error("the `Idempotency-Key` header and the body's `idempotency_key` differ")]
     IdempotencyKeyMismatch,
@@ -41,7 +43,10 @@ pub enum ApiError {
     #[error("the job is {} and has no artifact yet", .0.as_str())]
     NotReady(JobStatus),
     #[error("the job failed: {message}")]
-    JobFailed { code: Option<String>, message: String },
+    JobFailed {
+        code: Option<String>,
+        message: String,
+    },
     #[error("the artifact has expired and was deleted")]
     Gone,
     #[error("a dependency is unavailable: {0}")]
@@ -154,11 +159,21 @@ impl IntoResponse for ApiError {
 }
 
 /// Whether a database error means "PostgreSQL is unreachable" (503) rather
-/// than a bug (500).
+/// than a bug (500): anything but an answer from the server or a decoding
+/// problem is a connection that could not be had or was lost.
 fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
+    !matches!(
         e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+        sqlx::Error::Database(_)
+            | sqlx::Error::RowNotFound
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::Encode(_)
+            | sqlx::Error::Configuration(_)
+            | sqlx::Error::InvalidArgument(_)
     )
 }
 

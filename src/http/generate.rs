@@ -266,7 +266,11 @@ pub fn sanitize_filename(name: &str, format: Format) -> String {
         .take(MAX_FILENAME_CHARS)
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
-    let cleaned = if cleaned.is_empty() { "document" } else { cleaned };
+    let cleaned = if cleaned.is_empty() {
+        "document"
+    } else {
+        cleaned
+    };
     format!("{cleaned}{ext}")
 }
 
@@ -276,8 +280,14 @@ mod tests {
 
     #[test]
     fn filenames_lose_paths_and_control_characters() {
-        assert_eq!(sanitize_filename("../../etc/passwd", Format::Pdf), "passwd.pdf");
-        assert_eq!(sanitize_filename("Vendas Q3.xlsx", Format::Xlsx), "Vendas Q3.xlsx");
+        assert_eq!(
+            sanitize_filename("../../etc/passwd", Format::Pdf),
+            "passwd.pdf"
+        );
+        assert_eq!(
+            sanitize_filename("Vendas Q3.xlsx", Format::Xlsx),
+            "Vendas Q3.xlsx"
+        );
         assert_eq!(sanitize_filename("a\"b\r\nc", Format::Pdf), "abc.pdf");
         assert_eq!(sanitize_filename("  ", Format::Pdf), "document.pdf");
     }

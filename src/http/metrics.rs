@@ -12,6 +12,8 @@ use crate::metrics::{HTTP_DURATION, HTTP_REQUESTS, recorder};
 
 /// Prometheus text exposition of every metric of this process.
 pub async fn metrics() -> impl IntoResponse {
+    // Without the exporter's own HTTP listener nothing else drains histograms.
+    recorder().run_upkeep();
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         recorder().render(),

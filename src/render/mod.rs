@@ -2,11 +2,42 @@
 //!
 //! Pure, synchronous CPU work: no network, no async runtime. Callers run it on
 //! blocking threads.
+//!
+//! # One code path
+//! [`validate`] and [`render`] run the same streaming reader (`parse.rs`): a
+//! serde visitor that checks each value as it arrives and hands each row to a
+//! sink — a no-op for `validate`, a writer for XLSX or PDF. So a document that
+//! validates renders, and a row list is never held in memory.
+//!
+//! # Key order
+//! Because rows stream, a sheet's `columns` (and `name`, if given) must come
+//! before its `rows`, and the document's `locale` and `pdf` before `sheets`;
+//! otherwise validation fails with a message saying so (`sheets[0].rows:
+//! "columns" must come before "rows"`). `title` and `totals` may come anywhere.
+//! serde_json's default maps and PostgreSQL's `json` type keep key order;
+//! `jsonb` would not (it sorts `rows` before `columns`), so payloads are stored
+//! as `json`.
+//!
+//! # Limits
+//! [`Limits`] bound sheets, rows per sheet, columns and characters per text
+//! cell; whatever they say, a sheet also holds at most 1,048,575 data rows and
+//! 16,384 columns, because that is what a worksheet can store.
 
 use std::fmt;
+use std::io::{BufReader, Read};
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+mod font;
+mod locale;
+pub mod model;
+mod parse;
+mod pdf;
+mod xlsx;
+
+pub use parse::{EXCEL_MAX_COLUMNS, EXCEL_MAX_DATA_ROWS, MAX_SHEET_NAME_CHARS};
 
 /// An output format; also names the work queue that carries its jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,18 +105,102 @@ impl Default for Limits {
     }
 }
 
-// TEMPORARY until the renderers branch lands (replaced wholesale at merge).
-#[derive(Debug, Clone, PartialEq)]
+/// What a valid document holds; the HTTP layer reports it, the worker logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub sheets: usize,
+    pub rows: u64,
+}
+
+/// Why a document was refused, and where: `path` locates the value in the
+/// document (`sheets[0].rows[41][2]`) so a client can fix it without guessing.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
     pub path: String,
     pub message: String,
 }
+
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.message)
     }
 }
+
 impl std::error::Error for ValidationError {}
-pub fn validate(document: &[u8], _limits: &Limits) -> Result<(), ValidationError> {
-    serde_json::from_slice::<serde_json::Value>(document).map(|_| ()).map_err(|e| ValidationError { path: "document".into(), message: e.to_string() })
+
+/// Why rendering failed; [`RenderError::is_permanent`] tells a worker whether
+/// to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("invalid document: {0}")]
+    Invalid(ValidationError),
+    #[error("I/O error while rendering: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("XLSX writer failed: {0}")]
+    Xlsx(#[from] rust_xlsxwriter::XlsxError),
+    #[error("PDF writer failed: {0}")]
+    Pdf(String),
+    /// A renderer was driven out of order; a bug, not bad data.
+    #[error("renderer bug: {0}")]
+    Internal(&'static str),
+}
+
+impl RenderError {
+    /// True when retrying can never help: the same document fails the same
+    /// way. I/O failures (disk full, temp dir gone) may pass on another try.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RenderError::Invalid(_) | RenderError::Pdf(_) | RenderError::Internal(_) => true,
+            RenderError::Io(_) => false,
+            RenderError::Xlsx(e) => !matches!(e, rust_xlsxwriter::XlsxError::IoError(_)),
+        }
+    }
+}
+
+impl From<ValidationError> for RenderError {
+    fn from(e: ValidationError) -> Self {
+        RenderError::Invalid(e)
+    }
+}
+
+/// Checks a whole document without rendering it, in one pass and without
+/// holding its rows: the HTTP layer's gate, so a bad document never becomes a
+/// job.
+pub fn validate(document: &[u8], limits: &Limits) -> Result<Summary, ValidationError> {
+    let mut de = serde_json::Deserializer::from_slice(document);
+    match parse::parse(&mut de, limits, &mut parse::NullSink) {
+        Ok(parsed) => Ok(parsed.summary),
+        Err(RenderError::Invalid(e)) => Err(e),
+        // The null sink never fails; keep the reason if that ever changes.
+        Err(other) => Err(ValidationError {
+            path: "document".into(),
+            message: other.to_string(),
+        }),
+    }
+}
+
+/// Renders `document` (JSON, read as a stream) into the file at `out`,
+/// validating as it goes with the same rules as [`validate`]. Blocking CPU
+/// and file work: call it from a blocking thread.
+pub fn render(
+    format: Format,
+    document: impl Read,
+    limits: &Limits,
+    out: &Path,
+) -> Result<Summary, RenderError> {
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 16, document));
+    match format {
+        Format::Xlsx => {
+            let mut sink = xlsx::XlsxSink::new();
+            let parsed = parse::parse(&mut de, limits, &mut sink)?;
+            sink.finish(parsed.title.as_deref(), out)?;
+            Ok(parsed.summary)
+        }
+        Format::Pdf => {
+            let mut sink = pdf::PdfSink::new()?;
+            let parsed = parse::parse(&mut de, limits, &mut sink)?;
+            sink.finish(parsed.title.as_deref(), out)?;
+            Ok(parsed.summary)
+        }
+    }
 }

@@ -109,13 +109,15 @@ impl Cache {
         let pending = format!("pending:{fingerprint}");
         let ttl = PENDING_TTL.as_secs();
         let taken: Option<String> = self
-            .run(redis::cmd("SET")
+            .run(
+                redis::cmd("SET")
                     .arg(&redis_key)
                     .arg(&pending)
                     .arg("NX")
                     .arg("EX")
                     .arg(ttl)
-                    .arg("GET"))
+                    .arg("GET"),
+            )
             .await?;
         let result = match taken {
             None => Ok(Reservation::Reserved),
@@ -136,42 +138,35 @@ impl Cache {
         let redis_key = self.idempotency_key(client, key);
         let value = format!("job:{job_id}:{fingerprint}");
         let ttl = self.idempotency_ttl.as_secs().max(1);
-        self.run(redis::cmd("SET")
+        self.run(
+            redis::cmd("SET")
                 .arg(&redis_key)
                 .arg(&value)
                 .arg("EX")
-                .arg(ttl))
+                .arg(ttl),
+        )
         .await
     }
 
     /// Gives a pending key back after the request failed, so a retry can proceed.
     pub async fn release_key(&self, client: Uuid, key: &str) -> Result<(), CacheError> {
         let redis_key = self.idempotency_key(client, key);
-        self.run(redis::cmd("DEL")
-                .arg(&redis_key))
-        .await
+        self.run(redis::cmd("DEL").arg(&redis_key)).await
     }
 
     /// Writes a job's status through to the cache (every transition calls this).
     pub async fn put_status(&self, job: &JobView) -> Result<(), CacheError> {
         let key = self.status_key(job.id);
-        let value =
-            serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
+        let value = serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
         let ttl = self.status_ttl.as_secs().max(1);
-        self.run(redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("EX")
-                .arg(ttl))
-        .await
+        self.run(redis::cmd("SET").arg(&key).arg(&value).arg("EX").arg(ttl))
+            .await
     }
 
     /// The cached status of a job, if any.
     pub async fn get_status(&self, job_id: Uuid) -> Result<Option<JobView>, CacheError> {
         let key = self.status_key(job_id);
-        let value: Option<String> = self
-            .run(redis::cmd("GET").arg(&key))
-            .await?;
+        let value: Option<String> = self.run(redis::cmd("GET").arg(&key)).await?;
         self.count("status", value.is_some());
         value
             .map(|v| serde_json::from_str(&v).map_err(|e| CacheError::Corrupt(e.to_string())))
@@ -188,23 +183,16 @@ impl Cache {
             return Ok(());
         }
         let key = self.url_key(job_id);
-        let value =
-            serde_json::to_string(url).map_err(|e| CacheError::Corrupt(e.to_string()))?;
+        let value = serde_json::to_string(url).map_err(|e| CacheError::Corrupt(e.to_string()))?;
         let ms = remaining.as_millis() as u64;
-        self.run(redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("PX")
-                .arg(ms))
-        .await
+        self.run(redis::cmd("SET").arg(&key).arg(&value).arg("PX").arg(ms))
+            .await
     }
 
     /// A cached presigned URL still worth handing out.
     pub async fn get_download_url(&self, job_id: Uuid) -> Result<Option<CachedUrl>, CacheError> {
         let key = self.url_key(job_id);
-        let value: Option<String> = self
-            .run(redis::cmd("GET").arg(&key))
-            .await?;
+        let value: Option<String> = self.run(redis::cmd("GET").arg(&key)).await?;
         self.count("download_url", value.is_some());
         value
             .map(|v| serde_json::from_str(&v).map_err(|e| CacheError::Corrupt(e.to_string())))
@@ -214,8 +202,7 @@ impl Cache {
     /// Forgets a job's cached URL (its artifact was deleted).
     pub async fn forget_download_url(&self, job_id: Uuid) -> Result<(), CacheError> {
         let key = self.url_key(job_id);
-        self.run(redis::cmd("DEL").arg(&key))
-        .await
+        self.run(redis::cmd("DEL").arg(&key)).await
     }
 
     /// Health probe: PING, bypassing the cool-off so recovery is seen at once.
@@ -244,7 +231,9 @@ impl Cache {
     /// Runs one operation with the deadline and the cool-off breaker.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, CacheError> {
         if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
-            return Err(CacheError::Unavailable("cooling off after a failure".into()));
+            return Err(CacheError::Unavailable(
+                "cooling off after a failure".into(),
+            ));
         }
         let attempt = async {
             let mut conn = self
@@ -326,11 +315,16 @@ mod tests {
         let id = Uuid::now_v7();
         assert_eq!(
             parse_holder(&format!("job:{id}:abc")).unwrap(),
-            Holder::Job { job_id: id, fingerprint: "abc".into() }
+            Holder::Job {
+                job_id: id,
+                fingerprint: "abc".into()
+            }
         );
         assert_eq!(
             parse_holder("pending:abc").unwrap(),
-            Holder::Pending { fingerprint: "abc".into() }
+            Holder::Pending {
+                fingerprint: "abc".into()
+            }
         );
         assert!(parse_holder("garbage").is_err());
     }

@@ -12,11 +12,15 @@ use crate::support::{Options, TestApp, generate_body, poll_until, spawn_app, spa
 /// Messages waiting in the app's work queue for `format`.
 pub async fn work_queue_depth(app: &TestApp, format: Format) -> u32 {
     let topology = Topology::new(&app.config);
-    let connection = connect("amqp://guest:guest@127.0.0.1:5672/%2f").await.expect("amqp");
+    let connection = connect("amqp://guest:guest@127.0.0.1:5672/%2f")
+        .await
+        .expect("amqp");
     let channel = connection.create_channel().await.expect("channel");
     // Declaring is idempotent and spares a race with the app's first publish.
     topology.declare(&channel).await.expect("declare");
-    let depth = queue_depth(&channel, &topology.work_queue(format)).await.expect("depth");
+    let depth = queue_depth(&channel, &topology.work_queue(format))
+        .await
+        .expect("depth");
     let _ = connection.close(200, "bye".into()).await;
     depth
 }
@@ -24,7 +28,8 @@ pub async fn work_queue_depth(app: &TestApp, format: Format) -> u32 {
 async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status(), status, "expected {status} {code}");
     assert_eq!(
-        response.headers()["content-type"], "application/problem+json",
+        response.headers()["content-type"],
+        "application/problem+json",
         "problems are RFC 9457 documents"
     );
     let body: Value = response.json().await.expect("problem JSON");
@@ -60,7 +65,12 @@ async fn a_new_key_creates_a_queued_job_and_one_message() {
 #[tokio::test]
 async fn the_same_request_again_replays_the_same_job() {
     let app = spawn_app().await;
-    let first: Value = app.generate(&generate_body("pdf", "k")).await.json().await.unwrap();
+    let first: Value = app
+        .generate(&generate_body("pdf", "k"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let again = app.generate(&generate_body("pdf", "k")).await;
     assert_eq!(again.status(), 202);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
@@ -96,7 +106,10 @@ async fn a_reordered_but_equal_request_is_the_same_request() {
 #[tokio::test]
 async fn the_same_key_with_another_request_is_refused() {
     let app = spawn_app().await;
-    assert_eq!(app.generate(&generate_body("xlsx", "k")).await.status(), 202);
+    assert_eq!(
+        app.generate(&generate_body("xlsx", "k")).await.status(),
+        202
+    );
     let response = app.generate(&generate_body("pdf", "k")).await;
     problem(response, 422, "idempotency_key_reused").await;
     assert_eq!(app.job_count().await, 1);
@@ -131,9 +144,16 @@ async fn sixty_four_concurrent_posts_with_one_key_make_one_job_and_one_message()
     );
     // The relay must not add a second message later (it only takes rows
     // still unpublished after its grace period).
-    let published: bool =
-        sqlx::query_scalar("SELECT published_at IS NOT NULL FROM jobs").fetch_one(&app.pool).await.unwrap();
-    assert!(published);
+    assert!(
+        poll_until(std::time::Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM jobs")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap()
+        })
+        .await,
+        "the confirm is recorded"
+    );
     assert_eq!(work_queue_depth(&app, Format::Xlsx).await, 1);
 }
 
@@ -141,8 +161,15 @@ async fn sixty_four_concurrent_posts_with_one_key_make_one_job_and_one_message()
 async fn keys_belong_to_their_client() {
     let app = spawn_app().await;
     let other = app.other_client_key().await;
-    let mine: Value = app.generate(&generate_body("pdf", "shared")).await.json().await.unwrap();
-    let theirs = app.generate_as(&other, &generate_body("pdf", "shared")).await;
+    let mine: Value = app
+        .generate(&generate_body("pdf", "shared"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let theirs = app
+        .generate_as(&other, &generate_body("pdf", "shared"))
+        .await;
     assert_eq!(theirs.status(), 202);
     assert!(theirs.headers().get("idempotent-replayed").is_none());
     let theirs: Value = theirs.json().await.unwrap();
@@ -166,11 +193,22 @@ async fn the_key_may_come_as_a_header_but_must_agree_with_the_body() {
         }
         request.send()
     };
-    assert_eq!(send(Some("from-header"), body.clone()).await.unwrap().status(), 202);
+    assert_eq!(
+        send(Some("from-header"), body.clone())
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
     let replay = send(Some("from-header"), body.clone()).await.unwrap();
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
 
-    problem(send(None, body.clone()).await.unwrap(), 400, "idempotency_key_required").await;
+    problem(
+        send(None, body.clone()).await.unwrap(),
+        400,
+        "idempotency_key_required",
+    )
+    .await;
     problem(
         send(Some("a"), generate_body("pdf", "b")).await.unwrap(),
         400,
@@ -178,14 +216,24 @@ async fn the_key_may_come_as_a_header_but_must_agree_with_the_body() {
     )
     .await;
     let long = "x".repeat(300);
-    problem(app.generate(&generate_body("pdf", &long)).await, 400, "invalid_idempotency_key").await;
+    problem(
+        app.generate(&generate_body("pdf", &long)).await,
+        400,
+        "invalid_idempotency_key",
+    )
+    .await;
     assert_eq!(app.job_count().await, 1);
 }
 
 #[tokio::test]
 async fn bad_requests_get_specific_problems_and_write_nothing() {
     let app = spawn_app().await;
-    problem(app.generate(&generate_body("docx", "k1")).await, 422, "unsupported_format").await;
+    problem(
+        app.generate(&generate_body("docx", "k1")).await,
+        422,
+        "unsupported_format",
+    )
+    .await;
 
     let mut wrong_type = generate_body("xlsx", "k2");
     wrong_type["document"]["sheets"][0]["rows"][0][2] = json!("abc");
@@ -232,7 +280,10 @@ async fn limits_are_configurable_and_enforced() {
 
     let mut rows = generate_body("xlsx", "rows");
     let row = rows["document"]["sheets"][0]["rows"][0].clone();
-    rows["document"]["sheets"][0]["rows"].as_array_mut().unwrap().push(row);
+    rows["document"]["sheets"][0]["rows"]
+        .as_array_mut()
+        .unwrap()
+        .push(row);
     let body = problem(app.generate(&rows).await, 422, "invalid_document").await;
     assert!(body["detail"].as_str().unwrap().contains("rows"), "{body}");
 
@@ -241,25 +292,39 @@ async fn limits_are_configurable_and_enforced() {
         .as_array_mut()
         .unwrap()
         .push(json!({"title": "Extra", "type": "text"}));
-    for row in columns["document"]["sheets"][0]["rows"].as_array_mut().unwrap() {
+    for row in columns["document"]["sheets"][0]["rows"]
+        .as_array_mut()
+        .unwrap()
+    {
         row.as_array_mut().unwrap().push(json!("x"));
     }
     let body = problem(app.generate(&columns).await, 422, "invalid_document").await;
-    assert!(body["detail"].as_str().unwrap().contains("column"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("column"),
+        "{body}"
+    );
 
     let mut cell = generate_body("xlsx", "cell");
     cell["document"]["sheets"][0]["rows"][0][1] = json!("y".repeat(21));
     let body = problem(app.generate(&cell).await, 422, "invalid_document").await;
     assert_eq!(body["errors"][0]["path"], "sheets[0].rows[0][1]", "{body}");
 
-    assert_eq!(app.generate(&generate_body("xlsx", "ok")).await.status(), 202);
+    assert_eq!(
+        app.generate(&generate_body("xlsx", "ok")).await.status(),
+        202
+    );
     assert_eq!(app.job_count().await, 1);
 }
 
 #[tokio::test]
 async fn every_job_endpoint_requires_a_valid_key() {
     let app = spawn_app().await;
-    let created: Value = app.generate(&generate_body("pdf", "k")).await.json().await.unwrap();
+    let created: Value = app
+        .generate(&generate_body("pdf", "k"))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = created["job_id"].as_str().unwrap();
     let anonymous = app
         .http
@@ -270,11 +335,28 @@ async fn every_job_endpoint_requires_a_valid_key() {
         .unwrap();
     assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
     problem(anonymous, 401, "unauthorized").await;
-    problem(app.get_as("af_wrong", &format!("/status/{id}")).await, 401, "unauthorized").await;
-    problem(app.get_as("", &format!("/download/{id}")).await, 401, "unauthorized").await;
+    problem(
+        app.get_as("af_wrong", &format!("/status/{id}")).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    problem(
+        app.get_as("", &format!("/download/{id}")).await,
+        401,
+        "unauthorized",
+    )
+    .await;
 
     let revoked = app.other_client_key().await;
-    artefatos::storage::keys::revoke(&app.pool, &revoked[..11]).await.unwrap();
-    problem(app.generate_as(&revoked, &generate_body("pdf", "k3")).await, 401, "unauthorized").await;
+    artefatos::storage::keys::revoke(&app.pool, &revoked[..11])
+        .await
+        .unwrap();
+    problem(
+        app.generate_as(&revoked, &generate_body("pdf", "k3")).await,
+        401,
+        "unauthorized",
+    )
+    .await;
     assert_eq!(app.job_count().await, 1);
 }

@@ -16,10 +16,12 @@ use crate::support::s3::S3Server;
 
 const MIB: usize = 1024 * 1024;
 
-/// S3's smallest part, so a file of a few MiB goes through a multipart upload.
+/// S3's smallest part, so a file of a few MiB goes through a multipart upload;
+/// two parts at once, so parts can complete out of order.
 const TEST_LIMITS: MultipartLimits = MultipartLimits {
     threshold: 5 * MIB as u64,
     part_size: 5 * MIB as u64,
+    concurrency: 2,
 };
 
 async fn s3_blobs() -> (S3Server, Blobs) {
@@ -66,6 +68,8 @@ on_both_backends!(
     put_then_get_returns_the_same_bytes,
     an_empty_file_round_trips,
     putting_the_same_key_twice_keeps_one_object_with_the_new_bytes,
+    concurrent_puts_of_one_key_leave_one_whole_object,
+    a_missing_source_file_is_a_permanent_error,
     a_file_above_the_multipart_threshold_round_trips,
     a_deleted_key_reads_as_not_found,
     a_missing_key_reads_as_not_found,
@@ -215,6 +219,42 @@ async fn putting_the_same_key_twice_keeps_one_object_with_the_new_bytes(blobs: B
     assert_eq!(object_count(&blobs).await, 1);
 }
 
+async fn concurrent_puts_of_one_key_leave_one_whole_object(blobs: Blobs) {
+    // A redelivered job may upload while its first delivery still does.
+    let contents: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(64 * 1024 + i)).collect();
+    let files: Vec<NamedTempFile> = contents.iter().map(|bytes| file_with(bytes)).collect();
+    let meta = xlsx_meta();
+    let puts = files
+        .iter()
+        .map(|file| blobs.put_file("xlsx/raced.xlsx", file.path(), &meta));
+    let stored = futures::future::try_join_all(puts)
+        .await
+        .expect("every put");
+
+    let read = read_all(blobs.get("xlsx/raced.xlsx").await.expect("get")).await;
+    let digest = sha256_hex(&read);
+    assert!(
+        stored.iter().any(|s| s.sha256 == digest),
+        "stored bytes match none of the uploads"
+    );
+    assert_eq!(object_count(&blobs).await, 1);
+}
+
+async fn a_missing_source_file_is_a_permanent_error(blobs: Blobs) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let err = blobs
+        .put_file(
+            "xlsx/none.xlsx",
+            &dir.path().join("missing.xlsx"),
+            &xlsx_meta(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BlobError::Io(_)), "{err:?}");
+    assert!(!err.is_transient());
+    assert_eq!(object_count(&blobs).await, 0);
+}
+
 async fn a_file_above_the_multipart_threshold_round_trips(blobs: Blobs) {
     // Three parts of TEST_LIMITS: 5 MiB, 5 MiB and a short last one.
     let bytes = random_bytes(10 * MIB + 12_345);
@@ -242,6 +282,11 @@ async fn a_file_above_the_multipart_threshold_round_trips(blobs: Blobs) {
 
     let body = blobs.get("xlsx/large.xlsx").await.expect("get");
     assert_eq!(body.size, Some(bytes.len() as u64));
+    assert_eq!(body.content_type, Some(xlsx_meta().content_type));
+    assert_eq!(
+        body.content_disposition,
+        Some(xlsx_meta().content_disposition)
+    );
     let read = read_all(body).await;
     assert_eq!(read.len(), bytes.len());
     assert_eq!(sha256_hex(&read), stored.sha256);
@@ -461,4 +506,40 @@ async fn put_fails_promptly_and_transiently_while_s3_is_down_then_recovers() {
         .await
         .expect("object kept across restart");
     assert_eq!(read_all(body).await, b"before");
+}
+
+#[tokio::test]
+async fn half_configured_static_credentials_are_a_clear_error() {
+    let config = StorageConfig::S3(artefatos::config::S3Config {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        bucket: "b".into(),
+        region: "us-east-1".into(),
+        access_key_id: Some("key".into()),
+        secret_access_key: None,
+    });
+    let err = Blobs::from_config(&config).await.unwrap_err();
+    assert!(matches!(err, BlobError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn a_presign_ttl_beyond_seven_days_is_refused() {
+    let (_server, blobs) = s3_blobs().await;
+    let err = blobs
+        .presign_get("k", Duration::from_secs(8 * 24 * 3600), "attachment")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BlobError::Config(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_storage_env_of_a_test_server_configures_the_same_store() {
+    let server = S3Server::start().await;
+    let config = server.config();
+    let vars = crate::support::s3::storage_env(&config)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    let parsed = artefatos::Config::from_vars(&vars).expect("config from env");
+    assert_eq!(parsed.storage, config);
 }

@@ -13,10 +13,7 @@ use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
 use super::reader::HashingReader;
-use super::{ArtifactMeta, BlobBody, BlobError, StoredArtifact};
-
-/// Copy buffer, and the chunk size of a streamed download.
-const CHUNK: usize = 64 * 1024;
+use super::{ArtifactMeta, BlobBody, BlobError, STREAM_CHUNK, StoredArtifact};
 
 /// A directory of artifacts; clones share the path.
 #[derive(Clone, Debug)]
@@ -94,7 +91,7 @@ impl FsBlobs {
             size: Some(stat.len()),
             content_type,
             content_disposition,
-            stream: ReaderStream::with_capacity(file, CHUNK).boxed(),
+            stream: ReaderStream::with_capacity(file, STREAM_CHUNK).boxed(),
         })
     }
 
@@ -141,7 +138,7 @@ fn put_blocking(
     write_atomically(meta_path, |file| file.write_all(&meta_json))?;
 
     write_atomically(target, |file| {
-        let mut buf = vec![0; CHUNK];
+        let mut buf = vec![0; STREAM_CHUNK];
         loop {
             let n = reader.fill(&mut buf)?;
             if n == 0 {

@@ -32,13 +32,17 @@ pub use upload::MultipartLimits;
 /// browser opening the presigned URL gets the right type and file name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactMeta {
+    /// `Content-Type` served with the object, e.g. the XLSX or PDF media type.
     pub content_type: String,
+    /// `Content-Disposition` served with the object (`attachment; filename="…"`),
+    /// so a download saves under the client's file name rather than the key.
     pub content_disposition: String,
 }
 
 /// What was stored: recorded in the job row so a download can be verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredArtifact {
+    /// Bytes stored, as read from the file (not as reported by the store).
     pub size: u64,
     /// SHA-256 of the bytes stored, lower-case hex.
     pub sha256: String,
@@ -47,9 +51,15 @@ pub struct StoredArtifact {
 /// A download URL that works without our credentials until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresignedUrl {
+    /// Absolute URL on the configured endpoint, signature in the query string.
     pub url: String,
+    /// When the signature stops being accepted; a cached URL must be dropped before.
     pub expires_at: DateTime<Utc>,
 }
+
+/// Chunk size of a streamed download (and of the filesystem backend's copy):
+/// large enough to keep per-chunk overhead small, small enough to stay cheap.
+const STREAM_CHUNK: usize = 64 * 1024;
 
 /// The chunks of an object, read lazily so a download of any size passes
 /// through the service without being held in memory.
@@ -59,8 +69,11 @@ pub type BodyStream = BoxStream<'static, std::io::Result<Bytes>>;
 pub struct BlobBody {
     /// Length in bytes when the store reports it (for `Content-Length`).
     pub size: Option<u64>,
+    /// The stored `Content-Type`, to pass on to the client.
     pub content_type: Option<String>,
+    /// The stored `Content-Disposition`, to pass on to the client.
     pub content_disposition: Option<String>,
+    /// The bytes, in chunks; an error mid-stream means the store failed mid-download.
     pub stream: BodyStream,
 }
 
@@ -78,7 +91,9 @@ impl std::fmt::Debug for BlobBody {
 /// plain `async fn`; cloning is cheap (clients and paths are shared).
 #[derive(Clone, Debug)]
 pub enum Blobs {
+    /// Production: a bucket, downloads by presigned URL.
     S3(S3Blobs),
+    /// Embedded default: a local directory, downloads streamed by the service.
     Filesystem(FsBlobs),
 }
 

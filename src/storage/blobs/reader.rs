@@ -109,6 +109,11 @@ impl Chunks {
         self.rx.recv().await
     }
 
+    /// The remaining chunks as a stream (for uploading several at once).
+    pub fn stream(&mut self) -> impl futures::Stream<Item = io::Result<Bytes>> + '_ {
+        futures::stream::poll_fn(move |cx| self.rx.poll_recv(cx))
+    }
+
     /// Size and SHA-256 of everything read; call after `next` returned `None`.
     pub async fn finish(mut self) -> Result<(u64, String), BlobError> {
         self.rx.close();

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
 use super::upload::{self, MultipartLimits};
-use super::{ArtifactMeta, BlobBody, BlobError, PresignedUrl, StoredArtifact};
+use super::{ArtifactMeta, BlobBody, BlobError, PresignedUrl, STREAM_CHUNK, StoredArtifact};
 use crate::config::S3Config;
 
 /// An unreachable endpoint must fail in seconds (the worker retries the job
@@ -188,7 +188,8 @@ impl S3Blobs {
             size: object.content_length().and_then(|n| u64::try_from(n).ok()),
             content_type: object.content_type().map(str::to_owned),
             content_disposition: object.content_disposition().map(str::to_owned),
-            stream: ReaderStream::new(object.body.into_async_read()).boxed(),
+            stream: ReaderStream::with_capacity(object.body.into_async_read(), STREAM_CHUNK)
+                .boxed(),
         })
     }
 

@@ -6,6 +6,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 
 use super::reader::{self, Chunks};
 use super::s3::classify;
@@ -19,15 +20,18 @@ pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 /// S3's limit on parts per upload; the part size grows to stay under it.
 pub const MAX_PARTS: u64 = 10_000;
 
-/// When an upload switches to multipart, and how big each part is. Memory
-/// per upload is bounded by about three parts (one uploading, one read ahead,
-/// one being read), or by the threshold for a single PutObject.
+/// When an upload switches to multipart, how big each part is and how many
+/// go up at once. Memory per upload is bounded by `concurrency + 2` parts (the
+/// ones uploading, one read ahead, one being read), or by the threshold for a
+/// single PutObject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MultipartLimits {
     /// Files larger than this are uploaded in parts.
     pub threshold: u64,
     /// Size of every part but the last.
     pub part_size: u64,
+    /// Parts uploaded in parallel: one TCP stream rarely fills the link to S3.
+    pub concurrency: usize,
 }
 
 impl Default for MultipartLimits {
@@ -35,6 +39,7 @@ impl Default for MultipartLimits {
         Self {
             threshold: 8 * MIB,
             part_size: 8 * MIB,
+            concurrency: 4,
         }
     }
 }
@@ -47,6 +52,11 @@ impl MultipartLimits {
                 "multipart part size {} is outside S3's 5 MiB..=5 GiB",
                 self.part_size
             )));
+        }
+        if self.concurrency == 0 {
+            return Err(BlobError::Config(
+                "multipart concurrency must be at least 1".into(),
+            ));
         }
         if self.threshold > MAX_PART_SIZE {
             return Err(BlobError::Config(format!(
@@ -75,7 +85,7 @@ pub async fn put_file(
     } else {
         let part_size = limits.part_size.max(len.div_ceil(MAX_PARTS));
         let chunks = file.into_chunks(as_chunk(part_size)?);
-        put_multipart(client, bucket, key, meta, chunks).await
+        put_multipart(client, bucket, key, meta, chunks, limits.concurrency).await
     }
 }
 
@@ -117,6 +127,7 @@ async fn put_multipart(
     key: &str,
     meta: &ArtifactMeta,
     chunks: Chunks,
+    concurrency: usize,
 ) -> Result<StoredArtifact, BlobError> {
     let created = client
         .create_multipart_upload()
@@ -131,7 +142,13 @@ async fn put_multipart(
         .upload_id()
         .ok_or_else(|| BlobError::Other(format!("{key}: multipart upload without an id")))?
         .to_owned();
-    match upload_parts(client, bucket, key, &upload_id, chunks).await {
+    let target = Target {
+        client,
+        bucket,
+        key,
+        upload_id: &upload_id,
+    };
+    match upload_parts(&target, chunks, concurrency).await {
         Ok(stored) => Ok(stored),
         Err(err) => {
             // Parts of an unfinished upload are billed until aborted.
@@ -155,42 +172,39 @@ async fn put_multipart(
     }
 }
 
+/// The multipart upload the parts belong to.
+struct Target<'a> {
+    client: &'a Client,
+    bucket: &'a str,
+    key: &'a str,
+    upload_id: &'a str,
+}
+
 async fn upload_parts(
-    client: &Client,
-    bucket: &str,
-    key: &str,
-    upload_id: &str,
+    target: &Target<'_>,
     mut chunks: Chunks,
+    concurrency: usize,
 ) -> Result<StoredArtifact, BlobError> {
-    let mut parts = Vec::new();
-    let mut number = 0i32;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        number += 1;
-        let uploaded = client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(chunk.len() as i64)
-            .body(ByteStream::from(chunk))
-            .send()
-            .await
-            .map_err(|err| classify(&format!("upload part {number} of {key}"), err))?;
-        parts.push(
-            CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(uploaded.e_tag().map(str::to_owned))
-                .build(),
-        );
-    }
+    let mut parts: Vec<CompletedPart> = chunks
+        .stream()
+        .enumerate()
+        .map(|(index, chunk)| async move {
+            let number =
+                i32::try_from(index + 1).map_err(|_| BlobError::Other("too many parts".into()))?;
+            upload_part(target, number, chunk?).await
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    parts.sort_by_key(|part| part.part_number());
     let (size, sha256) = chunks.finish().await?;
-    client
+    let key = target.key;
+    target
+        .client
         .complete_multipart_upload()
-        .bucket(bucket)
+        .bucket(target.bucket)
         .key(key)
-        .upload_id(upload_id)
+        .upload_id(target.upload_id)
         .multipart_upload(
             CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -202,6 +216,30 @@ async fn upload_parts(
     Ok(StoredArtifact { size, sha256 })
 }
 
+async fn upload_part(
+    target: &Target<'_>,
+    number: i32,
+    chunk: Bytes,
+) -> Result<CompletedPart, BlobError> {
+    let key = target.key;
+    let uploaded = target
+        .client
+        .upload_part()
+        .bucket(target.bucket)
+        .key(key)
+        .upload_id(target.upload_id)
+        .part_number(number)
+        .content_length(chunk.len() as i64)
+        .body(ByteStream::from(chunk))
+        .send()
+        .await
+        .map_err(|err| classify(&format!("upload part {number} of {key}"), err))?;
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(uploaded.e_tag().map(str::to_owned))
+        .build())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,14 +248,19 @@ mod tests {
     fn limits_s3_would_refuse_are_rejected() {
         assert!(MultipartLimits::default().validate().is_ok());
         let tiny = MultipartLimits {
-            threshold: MIB,
             part_size: MIB,
+            ..MultipartLimits::default()
         };
         assert!(matches!(tiny.validate(), Err(BlobError::Config(_))));
         let huge = MultipartLimits {
             threshold: 6 * 1024 * MIB,
-            part_size: 8 * MIB,
+            ..MultipartLimits::default()
         };
         assert!(matches!(huge.validate(), Err(BlobError::Config(_))));
+        let none_at_once = MultipartLimits {
+            concurrency: 0,
+            ..MultipartLimits::default()
+        };
+        assert!(matches!(none_at_once.validate(), Err(BlobError::Config(_))));
     }
 }

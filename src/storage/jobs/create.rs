@@ -179,8 +179,16 @@ async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::E
     let inserted: Vec<JobView> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(jobs.iter().map(|j| j.id).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.client_id).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.idempotency_key.as_str()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.fingerprint.as_slice()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            jobs.iter()
+                .map(|j| j.fingerprint.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .bind(jobs.iter().map(|j| j.format.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.filename.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.payload.as_str()).collect::<Vec<_>>())
@@ -190,7 +198,10 @@ async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::E
 
     // Rows skipped by the conflict: the key's job already existed (or was
     // inserted by a twin request in this very batch).
-    let missing: Vec<&&NewJob> = jobs.iter().filter(|j| !inserted.contains_key(&j.id)).collect();
+    let missing: Vec<&&NewJob> = jobs
+        .iter()
+        .filter(|j| !inserted.contains_key(&j.id))
+        .collect();
     let mut existing: HashMap<(Uuid, String), (JobView, Vec<u8>)> = HashMap::new();
     if !missing.is_empty() {
         let sql = format!(
@@ -200,7 +211,12 @@ async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::E
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(missing.iter().map(|j| j.client_id).collect::<Vec<_>>())
-            .bind(missing.iter().map(|j| j.idempotency_key.as_str()).collect::<Vec<_>>())
+            .bind(
+                missing
+                    .iter()
+                    .map(|j| j.idempotency_key.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(pool)
             .await?;
         for row in rows {

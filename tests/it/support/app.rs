@@ -80,9 +80,15 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut vars: HashMap<String, String> = HashMap::from([
         (
             "DATABASE_URL".into(),
-            format!("postgres://postgres@{}/{database}", via(&postgres_proxy, POSTGRES)),
+            format!(
+                "postgres://postgres@{}/{database}",
+                via(&postgres_proxy, POSTGRES)
+            ),
         ),
-        ("REDIS_URL".into(), format!("redis://{}", via(&redis_proxy, REDIS))),
+        (
+            "REDIS_URL".into(),
+            format!("redis://{}", via(&redis_proxy, REDIS)),
+        ),
         (
             "AMQP_URL".into(),
             format!("amqp://guest:guest@{}/%2f", via(&rabbitmq_proxy, RABBITMQ)),
@@ -108,7 +114,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         (Some(server), None)
     };
 
-    let app = Application::build(config.clone()).await.expect("app builds");
+    let app = Application::build(config.clone())
+        .await
+        .expect("app builds");
     let port = app.port();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -120,7 +128,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     });
 
     let pool = db::connect(&direct_db_url, 4).await.expect("test pool");
-    let key = keys::create(&pool, &format!("client-{id}")).await.expect("api key");
+    let key = keys::create(&pool, &format!("client-{id}"))
+        .await
+        .expect("api key");
 
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -154,7 +164,10 @@ impl TestApp {
     /// A new API key for another client of the same app.
     pub async fn other_client_key(&self) -> String {
         let name = format!("other-{}", Uuid::new_v4().simple());
-        keys::create(&self.pool, &name).await.expect("api key").secret
+        keys::create(&self.pool, &name)
+            .await
+            .expect("api key")
+            .secret
     }
 
     /// `POST /generate` with this app's key.

@@ -5,4 +5,6 @@ pub mod proxy;
 pub mod s3;
 
 #[allow(unused_imports)]
-pub use app::{Options, TestApp, generate_body, poll_until, sample_document, spawn_app, spawn_app_with};
+pub use app::{
+    Options, TestApp, generate_body, poll_until, sample_document, spawn_app, spawn_app_with,
+};

@@ -154,6 +154,33 @@ impl Drop for S3Server {
     }
 }
 
+/// The environment variables that make a spawned `artefatos` process use
+/// `config` (see `Config::from_vars`), for tests that run the binary.
+pub fn storage_env(config: &StorageConfig) -> Vec<(&'static str, String)> {
+    match config {
+        StorageConfig::S3(s3) => {
+            let mut env = vec![
+                ("S3_BUCKET", s3.bucket.clone()),
+                ("AWS_REGION", s3.region.clone()),
+            ];
+            let optional = [
+                ("S3_ENDPOINT", &s3.endpoint),
+                ("AWS_ACCESS_KEY_ID", &s3.access_key_id),
+                ("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    env.push((name, value.clone()));
+                }
+            }
+            env
+        }
+        StorageConfig::Filesystem { dir } => {
+            vec![("ARTEFATOS_STORAGE_DIR", dir.display().to_string())]
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

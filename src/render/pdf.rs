@@ -1,0 +1,550 @@
+//! The PDF renderer: a [`Sink`] that lays rows out into paginated tables and writes them with printpdf.
+//!
+//! Layout happens row by row as the parser streams: each row is measured with
+//! the embedded font's real glyph widths, wrapped (or ellipsized past
+//! [`MAX_LINES`]) and placed; a row that does not fit starts a new page that
+//! repeats the header. Only drawing operations are kept, compactly — one text
+//! operation per cell line — because printpdf needs every page before it can
+//! write the file, and the footer's page count is known only at the end.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use printpdf::{
+    Color, Line, LinePoint, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle, PdfPage,
+    PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem, TextMatrix,
+};
+
+use super::RenderError;
+use super::font::{DEJAVU_SANS, Metrics};
+use super::locale;
+use super::model::{Cell, Column, DocSettings, Locale, Orientation, PageSize, Total};
+use super::parse::Sink;
+
+const MARGIN: f32 = 36.0;
+const FONT_SIZE: f32 = 8.0;
+const LINE_HEIGHT: f32 = 10.0;
+const CELL_PAD_X: f32 = 3.0;
+const CELL_PAD_Y: f32 = 3.0;
+const TITLE_SIZE: f32 = 16.0;
+const TITLE_BAND: f32 = 28.0;
+const SECTION_SIZE: f32 = 12.0;
+const SECTION_BAND: f32 = 20.0;
+const FOOTER_SIZE: f32 = 8.0;
+/// Space kept free above the bottom margin for the footer.
+const FOOTER_BAND: f32 = 14.0;
+/// Lines a cell may wrap to before the rest is cut with an ellipsis.
+pub(crate) const MAX_LINES: usize = 3;
+const ELLIPSIS: &str = "…";
+
+/// One finished or in-progress page: background shapes, then text.
+#[derive(Default)]
+struct Page {
+    shapes: Vec<Op>,
+    text: Vec<Op>,
+}
+
+/// The table of the sheet being laid out.
+struct Table {
+    columns: Vec<Column>,
+    /// Left edge and width of each column, in points.
+    xs: Vec<(f32, f32)>,
+    header: Vec<Vec<String>>,
+    header_height: f32,
+    rows_on_page: u64,
+}
+
+/// Lays out every sheet into pages, then writes them on `finish`.
+pub(crate) struct PdfSink {
+    doc: PdfDocument,
+    font: PdfFontHandle,
+    metrics: Metrics,
+    locale: Locale,
+    width: f32,
+    height: f32,
+    pages: Vec<Page>,
+    /// Distance from the bottom of the page to the next free line.
+    y: f32,
+    table: Option<Table>,
+    /// Reused buffer for one row's wrapped cells.
+    row_lines: Vec<Vec<String>>,
+}
+
+impl PdfSink {
+    /// Loads the embedded font; fails only if the compiled-in font is broken.
+    pub fn new() -> Result<Self, RenderError> {
+        let metrics = Metrics::load()?;
+        let mut warnings = Vec::new();
+        let font = ParsedFont::from_bytes(DEJAVU_SANS, 0, &mut warnings)
+            .ok_or_else(|| RenderError::Pdf("embedded font does not load".into()))?;
+        let mut doc = PdfDocument::new("");
+        let font = PdfFontHandle::External(doc.add_font(&font));
+        Ok(PdfSink {
+            doc,
+            font,
+            metrics,
+            locale: Locale::default(),
+            width: 0.0,
+            height: 0.0,
+            pages: Vec::new(),
+            y: 0.0,
+            table: None,
+            row_lines: Vec::new(),
+        })
+    }
+
+    fn start_page(&mut self) {
+        self.pages.push(Page::default());
+        self.y = self.height - MARGIN;
+        if self.pages.len() == 1 {
+            self.y -= TITLE_BAND;
+        }
+    }
+
+    fn page(&mut self) -> &mut Page {
+        if self.pages.is_empty() {
+            self.start_page();
+        }
+        let last = self.pages.len() - 1;
+        &mut self.pages[last]
+    }
+
+    fn bottom(&self) -> f32 {
+        MARGIN + FOOTER_BAND
+    }
+
+    fn text_at(&mut self, x: f32, baseline: f32, text: String) {
+        let page = self.page();
+        page.text.push(Op::SetTextMatrix {
+            matrix: TextMatrix::Translate(Pt(x), Pt(baseline)),
+        });
+        page.text.push(Op::ShowText {
+            items: vec![TextItem::Text(text)],
+        });
+    }
+
+    fn fill_rect(&mut self, x: f32, y: f32, w: f32, h: f32, grey: f32) {
+        let page = self.page();
+        page.shapes.push(Op::SetFillColor {
+            col: grey_color(grey),
+        });
+        page.shapes.push(Op::DrawRectangle {
+            rectangle: Rect {
+                x: Pt(x),
+                y: Pt(y),
+                width: Pt(w),
+                height: Pt(h),
+                mode: Some(PaintMode::Fill),
+                winding_order: None,
+            },
+        });
+    }
+
+    fn hline(&mut self, x0: f32, x1: f32, y: f32) {
+        let page = self.page();
+        page.shapes.push(Op::DrawLine {
+            line: Line {
+                points: vec![
+                    LinePoint {
+                        p: Point {
+                            x: Pt(x0),
+                            y: Pt(y),
+                        },
+                        bezier: false,
+                    },
+                    LinePoint {
+                        p: Point {
+                            x: Pt(x1),
+                            y: Pt(y),
+                        },
+                        bezier: false,
+                    },
+                ],
+                is_closed: false,
+            },
+        });
+    }
+
+    /// Draws the header row of the current table at the cursor.
+    fn draw_header(&mut self) {
+        let Some(table) = self.table.take() else {
+            return;
+        };
+        let top = self.y;
+        let left = table.xs[0].0;
+        let right = table.xs.last().map_or(left, |(x, w)| x + w);
+        self.fill_rect(
+            left,
+            top - table.header_height,
+            right - left,
+            table.header_height,
+            0.85,
+        );
+        for (c, lines) in table.header.iter().enumerate() {
+            let (x, _) = table.xs[c];
+            for (l, line) in lines.iter().enumerate() {
+                let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
+                self.text_at(x + CELL_PAD_X, baseline, line.clone());
+            }
+        }
+        self.hline(left, right, top - table.header_height);
+        self.y = top - table.header_height;
+        self.table = Some(Table {
+            rows_on_page: 0,
+            ..table
+        });
+    }
+
+    fn new_table_page(&mut self) {
+        self.start_page();
+        self.draw_header();
+    }
+
+    /// Places one row of already wrapped cells; `right[c]` right-aligns.
+    fn place_row(&mut self, lines: &mut [Vec<String>], right: &[bool], shade: Option<f32>) {
+        let count = lines.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let height = count as f32 * LINE_HEIGHT + 2.0 * CELL_PAD_Y;
+        if self.y - height < self.bottom()
+            && self.table.as_ref().is_some_and(|t| t.rows_on_page > 0)
+        {
+            self.new_table_page();
+        }
+        let Some(table) = self.table.take() else {
+            return;
+        };
+        let top = self.y;
+        let left = table.xs[0].0;
+        let right_edge = table.xs.last().map_or(left, |(x, w)| x + w);
+        let stripe = shade.or((table.rows_on_page % 2 == 1).then_some(0.95));
+        if let Some(grey) = stripe {
+            self.fill_rect(left, top - height, right_edge - left, height, grey);
+        }
+        for (c, cell_lines) in lines.iter_mut().enumerate() {
+            let (x, w) = table.xs[c];
+            for (l, line) in cell_lines.drain(..).enumerate() {
+                let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
+                let tx = if right[c] {
+                    x + w - CELL_PAD_X - self.metrics.width(&line, FONT_SIZE)
+                } else {
+                    x + CELL_PAD_X
+                };
+                self.text_at(tx, baseline, line);
+            }
+        }
+        self.y = top - height;
+        self.table = Some(Table {
+            rows_on_page: table.rows_on_page + 1,
+            ..table
+        });
+    }
+
+    /// Writes every page, with its footer, to `out`.
+    pub fn finish(self, title: Option<&str>, out: &Path) -> Result<(), RenderError> {
+        let mut warnings = Vec::new();
+        let mut doc = self.doc;
+        doc.metadata.info.document_title = title.unwrap_or_default().to_string();
+        let handle = self.font;
+        let total = self.pages.len();
+        let (w_mm, h_mm) = (Mm(self.width * 25.4 / 72.0), Mm(self.height * 25.4 / 72.0));
+        let mut pages = Vec::with_capacity(total);
+        for (i, page) in self.pages.into_iter().enumerate() {
+            let mut ops = page.shapes;
+            ops.reserve(page.text.len() + 12);
+            ops.push(Op::SetFillColor {
+                col: grey_color(0.0),
+            });
+            ops.push(Op::StartTextSection);
+            ops.push(Op::SetFont {
+                font: handle.clone(),
+                size: Pt(FONT_SIZE),
+            });
+            ops.extend(page.text);
+            if i == 0
+                && let Some(title) = title
+            {
+                ops.push(Op::SetFont {
+                    font: handle.clone(),
+                    size: Pt(TITLE_SIZE),
+                });
+                ops.push(Op::SetTextMatrix {
+                    matrix: TextMatrix::Translate(
+                        Pt(MARGIN),
+                        Pt(self.height - MARGIN - TITLE_SIZE),
+                    ),
+                });
+                ops.push(Op::ShowText {
+                    items: vec![TextItem::Text(title.to_string())],
+                });
+            }
+            let footer = locale::footer(i + 1, total, self.locale);
+            let fw = self.metrics.width(&footer, FOOTER_SIZE);
+            ops.push(Op::SetFont {
+                font: handle.clone(),
+                size: Pt(FOOTER_SIZE),
+            });
+            ops.push(Op::SetTextMatrix {
+                matrix: TextMatrix::Translate(Pt((self.width - fw) / 2.0), Pt(MARGIN)),
+            });
+            ops.push(Op::ShowText {
+                items: vec![TextItem::Text(footer)],
+            });
+            ops.push(Op::EndTextSection);
+            pages.push(PdfPage::new(w_mm, h_mm, ops));
+        }
+        doc.with_pages(pages);
+        let file = File::create(out)?;
+        let mut writer = CheckedWriter {
+            inner: BufWriter::new(file),
+            error: None,
+        };
+        doc.save_writer(&mut writer, &PdfSaveOptions::default(), &mut warnings);
+        if let Some(e) = writer.error.take() {
+            return Err(e.into());
+        }
+        writer.inner.flush()?;
+        Ok(())
+    }
+}
+
+fn grey_color(level: f32) -> Color {
+    Color::Rgb(Rgb {
+        r: level,
+        g: level,
+        b: level,
+        icc_profile: None,
+    })
+}
+
+/// Keeps the first write error, because printpdf's `save_writer` drops them.
+struct CheckedWriter<W: Write> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for CheckedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.inner.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(e);
+                Err(copy)
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Breaks `text` into at most `max_lines` lines no wider than `width`
+/// points, at spaces where possible, and ends a cut text with an ellipsis.
+pub(crate) fn wrap(metrics: &Metrics, text: &str, width: f32, max_lines: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    // Stops as soon as a line past the limit appears: that proves a cut.
+    let full = |lines: &Vec<String>| lines.len() > max_lines;
+    'paragraphs: for paragraph in text.split('\n') {
+        let mut line = String::new();
+        for word in paragraph.split(' ') {
+            let word: String = word
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let candidate = if line.is_empty() {
+                word.clone()
+            } else {
+                format!("{line} {word}")
+            };
+            if metrics.width(&candidate, FONT_SIZE) <= width {
+                line = candidate;
+                continue;
+            }
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+                if full(&lines) {
+                    break 'paragraphs;
+                }
+            }
+            // The word alone: break it by characters if it is still too wide.
+            for ch in word.chars() {
+                line.push(ch);
+                if line.chars().count() > 1 && metrics.width(&line, FONT_SIZE) > width {
+                    line.pop();
+                    lines.push(std::mem::take(&mut line));
+                    if full(&lines) {
+                        break 'paragraphs;
+                    }
+                    line.push(ch);
+                }
+            }
+        }
+        lines.push(line);
+        if full(&lines) {
+            break;
+        }
+    }
+    if lines.len() > max_lines {
+        lines.truncate(max_lines);
+        if let Some(last) = lines.last_mut() {
+            *last = ellipsize(metrics, last, width);
+        }
+    }
+    lines
+}
+
+/// Cuts `text` so that it plus "…" fits in `width` points.
+pub(crate) fn ellipsize(metrics: &Metrics, text: &str, width: f32) -> String {
+    let mut out: String = text.trim_end().to_string();
+    while !out.is_empty() && metrics.width(&format!("{out}{ELLIPSIS}"), FONT_SIZE) > width {
+        out.pop();
+    }
+    out.push_str(ELLIPSIS);
+    out
+}
+
+/// Relative width of a column when the document gives none.
+fn default_weight(column: &Column) -> f32 {
+    use super::model::ColumnType::*;
+    match column.kind {
+        Text => 18.0,
+        Number => 12.0,
+        Integer => 8.0,
+        Date => 10.0,
+        DateTime => 15.0,
+        Boolean => 6.0,
+        Percent => 8.0,
+    }
+}
+
+impl Sink for PdfSink {
+    fn begin_sheet(
+        &mut self,
+        settings: &DocSettings,
+        name: &str,
+        columns: &[Column],
+    ) -> Result<(), RenderError> {
+        if self.pages.is_empty() {
+            self.locale = settings.locale;
+            let (w, h) = match settings.pdf.page_size {
+                PageSize::A4 => (595.28, 841.89),
+                PageSize::Letter => (612.0, 792.0),
+            };
+            (self.width, self.height) = match settings.pdf.orientation {
+                Orientation::Portrait => (w, h),
+                Orientation::Landscape => (h, w),
+            };
+            self.start_page();
+        } else {
+            self.start_page();
+        }
+        // Section heading: the sheet's name.
+        let baseline = self.y - SECTION_SIZE;
+        self.set_size(SECTION_SIZE);
+        self.text_at(MARGIN, baseline, name.to_string());
+        self.set_size(FONT_SIZE);
+        self.y -= SECTION_BAND;
+
+        let available = self.width - 2.0 * MARGIN;
+        let weights: Vec<f32> = columns
+            .iter()
+            .map(|c| c.width.map_or_else(|| default_weight(c), |w| w as f32))
+            .collect();
+        let sum: f32 = weights.iter().sum();
+        let mut x = MARGIN;
+        let xs: Vec<(f32, f32)> = weights
+            .iter()
+            .map(|w| {
+                let width = available * w / sum;
+                let start = x;
+                x += width;
+                (start, width)
+            })
+            .collect();
+        let header: Vec<Vec<String>> = columns
+            .iter()
+            .zip(&xs)
+            .map(|(c, (_, w))| wrap(&self.metrics, &c.title, w - 2.0 * CELL_PAD_X, 2))
+            .collect();
+        let lines = header.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        self.table = Some(Table {
+            columns: columns.to_vec(),
+            xs,
+            header,
+            header_height: lines as f32 * LINE_HEIGHT + 2.0 * CELL_PAD_Y,
+            rows_on_page: 0,
+        });
+        self.draw_header();
+        Ok(())
+    }
+
+    fn row(&mut self, cells: &[Cell]) -> Result<(), RenderError> {
+        let Some(table) = self.table.as_ref() else {
+            return Err(RenderError::Internal("PDF row outside a sheet"));
+        };
+        let mut lines = std::mem::take(&mut self.row_lines);
+        lines.resize_with(cells.len(), Vec::new);
+        let mut right = Vec::with_capacity(cells.len());
+        for (c, cell) in cells.iter().enumerate() {
+            let column = &table.columns[c];
+            let inner = table.xs[c].1 - 2.0 * CELL_PAD_X;
+            let text = locale::cell(cell, column, self.locale);
+            let numeric = column.kind.is_numeric();
+            right.push(numeric);
+            lines[c].clear();
+            if text.is_empty() {
+                continue;
+            }
+            if numeric || !matches!(cell, Cell::Text(_)) {
+                if self.metrics.width(&text, FONT_SIZE) <= inner {
+                    lines[c].push(text);
+                } else {
+                    lines[c].push(ellipsize(&self.metrics, &text, inner));
+                }
+            } else {
+                lines[c] = wrap(&self.metrics, &text, inner, MAX_LINES);
+            }
+        }
+        self.place_row(&mut lines, &right, None);
+        self.row_lines = lines;
+        Ok(())
+    }
+
+    fn end_sheet(&mut self, _rows: u64, totals: &[Option<Total>]) -> Result<(), RenderError> {
+        let Some(table) = self.table.as_ref() else {
+            return Err(RenderError::Internal("PDF sheet end outside a sheet"));
+        };
+        if totals.iter().any(Option::is_some) {
+            let mut lines: Vec<Vec<String>> = vec![Vec::new(); totals.len()];
+            let mut right = vec![true; totals.len()];
+            if let Some(free) = totals.iter().position(Option::is_none) {
+                lines[free].push(locale::total_label(self.locale).to_string());
+                right[free] = false;
+            }
+            for (c, total) in totals.iter().enumerate() {
+                if let Some(total) = total {
+                    let text = locale::total(total, &table.columns[c], self.locale);
+                    let inner = table.xs[c].1 - 2.0 * CELL_PAD_X;
+                    lines[c].push(if self.metrics.width(&text, FONT_SIZE) <= inner {
+                        text
+                    } else {
+                        ellipsize(&self.metrics, &text, inner)
+                    });
+                }
+            }
+            self.place_row(&mut lines, &right, Some(0.85));
+        }
+        self.table = None;
+        Ok(())
+    }
+}
+
+impl PdfSink {
+    fn set_size(&mut self, size: f32) {
+        let font = self.font.clone();
+        self.page().text.push(Op::SetFont {
+            font,
+            size: Pt(size),
+        });
+    }
+}

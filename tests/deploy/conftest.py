@@ -1,0 +1,6 @@
+"""Makes deploylib importable from the deploy checks."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,0 +1,698 @@
+//! Renders documents to XLSX and PDF and reads them back with independent readers (calamine, lopdf, zip).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use artefatos::render::{Format, Limits, RenderError, Summary, render, validate};
+use calamine::{Data, Reader, Xlsx, open_workbook};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+const UNICODE: [&str; 5] = ["Açaí", "São Paulo", "Ñandú", "Ελληνικά", "Кириллица"];
+
+fn out_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+fn render_value(format: Format, doc: &Value, out: &Path) -> Result<Summary, RenderError> {
+    let bytes = serde_json::to_vec(doc).expect("serialize");
+    render(format, bytes.as_slice(), &Limits::default(), out)
+}
+
+/// The issue's example, with the Unicode strings and `rows` rows.
+fn sales(rows: usize, locale: &str) -> Value {
+    let mut data = Vec::new();
+    for i in 0..rows {
+        let client = format!("{} Ltda {i}", UNICODE[i % UNICODE.len()]);
+        data.push(json!([
+            format!("2026-07-{:02}", i % 28 + 1),
+            client,
+            1234.5 + i as f64,
+            3 + i as i64,
+            i % 2 == 0
+        ]));
+    }
+    json!({
+        "title": "Vendas Q3",
+        "locale": locale,
+        "pdf": {"page_size": "A4", "orientation": "portrait"},
+        "sheets": [{
+            "name": "Vendas",
+            "columns": [
+                {"title": "Data", "type": "date"},
+                {"title": "Cliente", "type": "text"},
+                {"title": "Valor", "type": "number", "format": "#,##0.00"},
+                {"title": "Qtd", "type": "integer"},
+                {"title": "Pago", "type": "boolean"}
+            ],
+            "rows": data,
+            "totals": {"Valor": "sum", "Qtd": "sum"}
+        }]
+    })
+}
+
+fn xlsx_part(path: &Path, part: &str) -> String {
+    let file = std::fs::File::open(path).expect("open xlsx");
+    let mut archive = zip::ZipArchive::new(file).expect("xlsx is a zip");
+    let mut text = String::new();
+    archive
+        .by_name(part)
+        .expect("part exists")
+        .read_to_string(&mut text)
+        .expect("utf-8 part");
+    text
+}
+
+#[test]
+fn xlsx_has_typed_cells_header_totals_and_frozen_pane() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "vendas.xlsx");
+    let summary = render_value(Format::Xlsx, &sales(10, "pt-BR"), &out).unwrap();
+    assert_eq!(
+        summary,
+        Summary {
+            sheets: 1,
+            rows: 10
+        }
+    );
+
+    let mut book: Xlsx<_> = open_workbook(&out).unwrap();
+    assert_eq!(book.sheet_names(), vec!["Vendas".to_string()]);
+    let range = book.worksheet_range("Vendas").unwrap();
+    let header: Vec<String> = (0..5)
+        .map(|c| range.get_value((0, c)).unwrap().to_string())
+        .collect();
+    assert_eq!(header, ["Data", "Cliente", "Valor", "Qtd", "Pago"]);
+
+    match range.get_value((1, 0)).unwrap() {
+        Data::DateTime(d) => {
+            // 2026-07-01 is day 46204 of the 1900 date system.
+            assert!(d.is_datetime());
+            assert_eq!(d.as_f64(), 46204.0);
+        }
+        other => panic!("date cell read back as {other:?}"),
+    }
+    assert_eq!(
+        range.get_value((1, 1)),
+        Some(&Data::String("Açaí Ltda 0".into()))
+    );
+    assert_eq!(
+        range.get_value((4, 1)),
+        Some(&Data::String("Ελληνικά Ltda 3".into()))
+    );
+    assert_eq!(range.get_value((1, 2)), Some(&Data::Float(1234.5)));
+    assert_eq!(range.get_value((1, 3)), Some(&Data::Float(3.0)));
+    assert_eq!(range.get_value((1, 4)), Some(&Data::Bool(true)));
+    assert_eq!(range.get_value((2, 4)), Some(&Data::Bool(false)));
+
+    // Totals row: real formulas over the data rows, with cached results.
+    let formulas = book.worksheet_formula("Vendas").unwrap();
+    let formula_at =
+        |row: u32, col: u32| formulas.get_value((row, col)).cloned().unwrap_or_default();
+    assert_eq!(formula_at(11, 2), "SUM(C2:C11)");
+    assert_eq!(formula_at(11, 3), "SUM(D2:D11)");
+    let expected_sum: f64 = (0..10).map(|i| 1234.5 + i as f64).sum();
+    assert_eq!(range.get_value((11, 2)), Some(&Data::Float(expected_sum)));
+    assert_eq!(
+        range.get_value((11, 0)),
+        Some(&Data::String("Total".into()))
+    );
+
+    let sheet_xml = xlsx_part(&out, "xl/worksheets/sheet1.xml");
+    assert!(
+        sheet_xml.contains(
+            r#"<pane ySplit="1" topLeftCell="A2" activePane="bottomLeft" state="frozen"/>"#
+        ),
+        "{sheet_xml:.600}"
+    );
+    assert!(sheet_xml.contains(r#"<autoFilter ref="A1:E11"/>"#));
+    assert!(sheet_xml.contains("<cols>"), "column widths are set");
+    let styles = xlsx_part(&out, "xl/styles.xml");
+    assert!(styles.contains(r##"formatCode="#,##0.00""##));
+    assert!(styles.contains("<b/>"), "header is bold");
+    let core = xlsx_part(&out, "docProps/core.xml");
+    assert!(core.contains("<dc:title>Vendas Q3</dc:title>"));
+}
+
+#[test]
+fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
+    let doc = json!({
+        "sheets": [
+            {"name": "Uno", "columns": [{"title": "A", "type": "text"}], "rows": [["x"], [null]]},
+            {"name": "Dos", "columns": [
+                {"title": "Quando", "type": "datetime"},
+                {"title": "Taxa", "type": "percent"},
+                {"title": "N", "type": "integer", "width": 20}
+            ], "rows": [
+                {"Taxa": 0.25, "Quando": "2026-07-01T14:30:00-03:00"},
+                {"N": 7}
+            ], "totals": {"N": "max", "Taxa": "average"}}
+        ]
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "multi.xlsx");
+    let summary = render_value(Format::Xlsx, &doc, &out).unwrap();
+    assert_eq!(summary, Summary { sheets: 2, rows: 4 });
+    let mut book: Xlsx<_> = open_workbook(&out).unwrap();
+    assert_eq!(
+        book.sheet_names(),
+        vec!["Uno".to_string(), "Dos".to_string()]
+    );
+    let uno = book.worksheet_range("Uno").unwrap();
+    assert_eq!(uno.get_value((1, 0)), Some(&Data::String("x".into())));
+    assert!(matches!(uno.get_value((2, 0)), None | Some(Data::Empty)));
+    let dos = book.worksheet_range("Dos").unwrap();
+    match dos.get_value((1, 0)).unwrap() {
+        Data::DateTime(d) => {
+            // Wall-clock 14:30 as written, offset dropped.
+            assert!((d.as_f64() - (46204.0 + 14.5 / 24.0)).abs() < 1e-9)
+        }
+        other => panic!("datetime read back as {other:?}"),
+    }
+    assert_eq!(dos.get_value((1, 1)), Some(&Data::Float(0.25)));
+    assert_eq!(dos.get_value((2, 2)), Some(&Data::Float(7.0)));
+    let formulas = book.worksheet_formula("Dos").unwrap();
+    assert_eq!(
+        formulas.get_value((3, 2)).cloned().unwrap_or_default(),
+        "MAX(C2:C3)"
+    );
+    assert_eq!(
+        formulas.get_value((3, 1)).cloned().unwrap_or_default(),
+        "AVERAGE(B2:B3)"
+    );
+}
+
+fn pdf_pages_text(path: &Path) -> Vec<String> {
+    let doc = lopdf::Document::load(path).expect("lopdf parses the PDF");
+    doc.page_iter().map(|page| page_text(&doc, page)).collect()
+}
+
+/// The text a page shows, one line per text-showing operation, decoded
+/// through each font's ToUnicode map. (lopdf 0.38's own `extract_text`
+/// refuses the CMap printpdf writes, which poppler and viewers read fine.)
+fn page_text(doc: &lopdf::Document, page: lopdf::ObjectId) -> String {
+    use std::collections::HashMap;
+    let mut maps: HashMap<Vec<u8>, HashMap<u16, String>> = HashMap::new();
+    for (name, font) in doc.get_page_fonts(page).expect("page fonts") {
+        let cmap_ref = font
+            .get(b"ToUnicode")
+            .and_then(|o| o.as_reference())
+            .expect("ToUnicode");
+        let stream = doc
+            .get_object(cmap_ref)
+            .and_then(|o| o.as_stream())
+            .expect("cmap stream");
+        let cmap =
+            String::from_utf8(stream.decompressed_content().expect("cmap inflates")).unwrap();
+        let mut map = HashMap::new();
+        for line in cmap.lines() {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if let [code, unicode] = parts[..]
+                && code.starts_with('<')
+                && unicode.starts_with('<')
+                && !line.contains("0000> <FFFF")
+            {
+                let code = u16::from_str_radix(code.trim_matches(['<', '>']), 16).unwrap();
+                let hex = unicode.trim_matches(['<', '>']);
+                let units: Vec<u16> = (0..hex.len() / 4)
+                    .map(|i| u16::from_str_radix(&hex[i * 4..i * 4 + 4], 16).unwrap())
+                    .collect();
+                map.insert(code, String::from_utf16(&units).unwrap());
+            }
+        }
+        maps.insert(name, map);
+    }
+    let content = lopdf::content::Content::decode(&doc.get_page_content(page).unwrap()).unwrap();
+    let mut font: Vec<u8> = Vec::new();
+    let mut out = String::new();
+    let show = |bytes: &[u8], font: &[u8], out: &mut String| {
+        let map = &maps[font];
+        for pair in bytes.chunks(2) {
+            let code = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            out.push_str(map.get(&code).map_or("\u{fffd}", String::as_str));
+        }
+    };
+    for op in content.operations {
+        match op.operator.as_str() {
+            "Tf" => font = op.operands[0].as_name().unwrap().to_vec(),
+            "Tj" => {
+                show(op.operands[0].as_str().unwrap(), &font, &mut out);
+                out.push('\n');
+            }
+            "TJ" => {
+                for item in op.operands[0].as_array().unwrap() {
+                    if let Ok(bytes) = item.as_str() {
+                        show(bytes, &font, &mut out);
+                    }
+                }
+                out.push('\n');
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn pdf_repeats_header_and_footer_on_every_page_with_unicode_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "vendas.pdf");
+    let summary = render_value(Format::Pdf, &sales(200, "pt-BR"), &out).unwrap();
+    assert_eq!(summary.rows, 200);
+    let pages = pdf_pages_text(&out);
+    assert!(
+        pages.len() >= 3,
+        "200 rows span several pages, got {}",
+        pages.len()
+    );
+    let n = pages.len();
+    for (i, text) in pages.iter().enumerate() {
+        for title in ["Data", "Cliente", "Valor", "Qtd", "Pago"] {
+            assert!(
+                text.contains(title),
+                "page {} lacks header {title}: {text:.300}",
+                i + 1
+            );
+        }
+        let footer = format!("Página {} de {n}", i + 1);
+        assert!(
+            text.contains(&footer),
+            "page {} lacks footer {footer}",
+            i + 1
+        );
+    }
+    let all = pages.concat();
+    for word in UNICODE {
+        assert!(all.contains(word), "PDF text lacks {word}");
+    }
+    assert!(pages[0].contains("Vendas Q3"), "title on the first page");
+    // pt-BR numbers and dates.
+    assert!(all.contains("1.234,50"), "pt-BR number");
+    assert!(all.contains("01/07/2026"), "pt-BR date");
+    let total: f64 = (0..200).map(|i| 1234.5 + i as f64).sum();
+    assert!(pages[n - 1].contains("Total"));
+    assert!(pages[n - 1].contains("266.800,00"), "sum {total} in pt-BR");
+}
+
+#[test]
+fn pdf_formats_numbers_and_dates_for_en_us_on_letter_landscape() {
+    let mut doc = sales(3, "en-US");
+    doc["pdf"] = json!({"page_size": "Letter", "orientation": "landscape"});
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "sales.pdf");
+    render_value(Format::Pdf, &doc, &out).unwrap();
+    let pages = pdf_pages_text(&out);
+    assert_eq!(pages.len(), 1);
+    assert!(pages[0].contains("1,234.50"));
+    assert!(pages[0].contains("07/01/2026"));
+    assert!(pages[0].contains("Page 1 of 1"));
+    let pdf = lopdf::Document::load(&out).unwrap();
+    let page_id = pdf.page_iter().next().unwrap();
+    let media = pdf
+        .get_dictionary(page_id)
+        .unwrap()
+        .get(b"MediaBox")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_float().unwrap())
+        .collect::<Vec<_>>();
+    assert!(
+        (media[2] - 792.0).abs() < 1.0 && (media[3] - 612.0).abs() < 1.0,
+        "{media:?}"
+    );
+}
+
+#[test]
+fn pdf_subsets_the_font_so_a_one_page_file_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "small.pdf");
+    render_value(Format::Pdf, &sales(5, "pt-BR"), &out).unwrap();
+    let size = std::fs::metadata(&out).unwrap().len();
+    assert!(
+        size < 100_000,
+        "one-page PDF is {size} bytes; the whole font is 757 KB"
+    );
+}
+
+#[test]
+fn pdf_wraps_long_text_and_ellipsizes_past_the_line_limit() {
+    let long = "palavra ".repeat(400);
+    let doc = json!({"sheets": [{"name": "S", "columns": [
+        {"title": "Texto", "type": "text"}, {"title": "N", "type": "number"}
+    ], "rows": [[long, 1.0], ["curto", 2.0]]}]});
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "wrap.pdf");
+    render_value(Format::Pdf, &doc, &out).unwrap();
+    let text = pdf_pages_text(&out).concat();
+    assert!(text.contains('…'), "cut text ends with an ellipsis");
+    assert!(text.contains("curto"));
+    let shown = text.matches("palavra").count();
+    assert!(
+        shown > 3 && shown < 400,
+        "wrapped to a few lines, shows {shown} words"
+    );
+}
+
+#[test]
+fn render_refuses_invalid_documents_permanently() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let out = out_path(&dir, format.as_str());
+        let err = render(format, &b"{\"sheets\": 3}"[..], &Limits::default(), &out).unwrap_err();
+        assert!(err.is_permanent());
+        match err {
+            RenderError::Invalid(e) => assert_eq!(e.path, "document"),
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+}
+
+#[test]
+fn render_reports_io_errors_as_retryable() {
+    let out = Path::new("/nonexistent-dir/out.xlsx");
+    let err = render_value(Format::Xlsx, &sales(1, "en-US"), out).unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+    let err = render_value(Format::Pdf, &sales(1, "en-US"), out).unwrap_err();
+    assert!(!err.is_permanent(), "{err}");
+}
+
+/// Every validation error, with its exact message.
+#[test]
+fn validation_errors_name_the_place_and_the_reason() {
+    let col = |t: &str, ty: &str| json!({"title": t, "type": ty});
+    let sheet = |cols: Value, rows: Value| json!({"sheets": [{"name": "S", "columns": cols, "rows": rows}]});
+    let long_text = "x".repeat(32_768);
+    let mut many_cols = Vec::new();
+    for i in 0..257 {
+        many_cols.push(col(&format!("c{i}"), "text"));
+    }
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!([]),
+            "document: invalid type: sequence, expected a document object at line 1 column 0",
+        ),
+        (json!({}), "sheets: missing field"),
+        (
+            json!({"sheets": []}),
+            "sheets: a document needs at least one sheet",
+        ),
+        (
+            json!({"colour": 1, "sheets": []}),
+            "colour: unknown field, expected one of title, locale, pdf, sheets",
+        ),
+        (
+            json!({"locale": "fr-FR", "sheets": []}),
+            "locale: unsupported locale \"fr-FR\", expected one of pt-BR, en-US",
+        ),
+        (
+            json!({"pdf": {"page_size": "A3"}, "sheets": []}),
+            "pdf: unknown variant `A3`, expected `A4` or `Letter` at line 1 column 24",
+        ),
+        (
+            sheet(json!([col("Valor", "number")]), json!([[1], [2], ["abc"]])),
+            "sheets[0].rows[2][0]: expected number, got \"abc\"",
+        ),
+        (
+            sheet(
+                json!([col("A", "text"), col("B", "number"), col("C", "integer")]),
+                json!([["a", 1, 2], ["b", 1, 2.5]]),
+            ),
+            "sheets[0].rows[1][2]: expected integer, got 2.5",
+        ),
+        (
+            sheet(json!([col("A", "text")]), json!([[5]])),
+            "sheets[0].rows[0][0]: expected text, got 5",
+        ),
+        (
+            sheet(json!([col("A", "boolean")]), json!([["yes"]])),
+            "sheets[0].rows[0][0]: expected boolean, got \"yes\"",
+        ),
+        (
+            sheet(json!([col("A", "date")]), json!([["2026-13-01"]])),
+            "sheets[0].rows[0][0]: expected date (YYYY-MM-DD), got \"2026-13-01\"",
+        ),
+        (
+            sheet(json!([col("A", "date")]), json!([["1899-12-31"]])),
+            "sheets[0].rows[0][0]: date 1899-12-31 is outside 1900-01-01..9999-12-31, the dates a spreadsheet stores",
+        ),
+        (
+            sheet(json!([col("A", "datetime")]), json!([["2026-07-01 10:00"]])),
+            "sheets[0].rows[0][0]: expected datetime (RFC 3339), got \"2026-07-01 10:00\"",
+        ),
+        (
+            sheet(json!([col("A", "percent")]), json!([[[1]]])),
+            "sheets[0].rows[0][0]: expected percent (a number, 0.25 = 25%), got an array",
+        ),
+        (
+            sheet(json!([col("A", "integer")]), json!([[9007199254740993u64]])),
+            "sheets[0].rows[0][0]: integer 9007199254740993 is larger than 2^53, the largest a spreadsheet stores exactly",
+        ),
+        (
+            sheet(json!([col("A", "text"), col("B", "text")]), json!([["a"]])),
+            "sheets[0].rows[0]: expected 2 cells, got 1",
+        ),
+        (
+            sheet(json!([col("A", "text")]), json!([["a", "b", "c"]])),
+            "sheets[0].rows[0]: expected 1 cells, got 3",
+        ),
+        (
+            sheet(json!([col("A", "text")]), json!([{"B": "x"}])),
+            "sheets[0].rows[0]: unknown column \"B\"",
+        ),
+        (
+            sheet(json!([col("Valor", "number")]), json!([{"Valor": "x"}])),
+            "sheets[0].rows[0][\"Valor\"]: expected number, got \"x\"",
+        ),
+        (
+            sheet(json!([col("A", "text")]), json!([7])),
+            "sheets[0].rows[0]: expected a row (array or object), got 7",
+        ),
+        (
+            sheet(json!([col("A", "text")]), json!([[long_text]])),
+            "sheets[0].rows[0][0]: text is 32768 characters, over the limit of 32767 (max_cell_chars)",
+        ),
+        (
+            sheet(json!([]), json!([])),
+            "sheets[0].columns: a sheet needs at least one column",
+        ),
+        (
+            sheet(Value::Array(many_cols), json!([])),
+            "sheets[0].columns: 257 columns, over the limit of 256 (max_columns)",
+        ),
+        (
+            sheet(json!([col("A", "text"), col("A", "number")]), json!([])),
+            "sheets[0].columns[1].title: duplicate column title \"A\" (rows may be keyed by title)",
+        ),
+        (
+            sheet(json!([col("A", "money")]), json!([])),
+            "sheets[0].columns[0].type: unknown column type \"money\", expected one of text, number, integer, date, datetime, boolean, percent",
+        ),
+        (
+            sheet(json!([{"title": "A"}]), json!([])),
+            "sheets[0].columns[0]: missing field `type` at line 1 column 36",
+        ),
+        (
+            json!({"sheets": [{"name": "Nome muito comprido para o Excel aceitar", "columns": [col("A", "text")]}]}),
+            "sheets[0].name: sheet name \"Nome muito comprido para o Excel aceitar\" is 40 characters, Excel allows at most 31",
+        ),
+        (
+            json!({"sheets": [{"name": "a/b", "columns": [col("A", "text")]}]}),
+            "sheets[0].name: sheet name \"a/b\" contains '/', which Excel does not allow (any of []:*?/\\)",
+        ),
+        (
+            json!({"sheets": [{"name": "Vendas", "columns": [col("A", "text")]}, {"name": "VENDAS", "columns": [col("A", "text")]}]}),
+            "sheets[1].name: sheet name \"VENDAS\" is already used by another sheet (Excel compares names case-insensitively)",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A", "text")], "totals": {"B": "sum"}}]}),
+            "sheets[0].totals[\"B\"]: unknown column",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A", "number")], "totals": {"A": "median"}}]}),
+            "sheets[0].totals[\"A\"]: unknown function \"median\", expected one of sum, average, min, max, count",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A", "text")], "totals": {"A": "sum"}}]}),
+            "sheets[0].totals[\"A\"]: sum needs a number, integer or percent column, this one is text",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A", "text")], "colour": 1}]}),
+            "sheets[0].colour: unknown field, expected one of name, columns, rows, totals",
+        ),
+        (
+            json!({"sheets": [{"name": "S"}]}),
+            "sheets[0]: missing field \"columns\"",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let err = validate(&bytes, &Limits::default()).expect_err(expected);
+        assert_eq!(err.to_string(), expected);
+    }
+    // Key order matters where rows stream; written as text to keep the order.
+    let ordered: [(&str, &str); 3] = [
+        (
+            r#"{"sheets": [{"name": "S", "rows": [], "columns": [{"title": "A", "type": "text"}]}]}"#,
+            "sheets[0].rows: \"columns\" must come before \"rows\" (rows are streamed, not buffered)",
+        ),
+        (
+            r#"{"sheets": [{"columns": [{"title": "A", "type": "text"}], "rows": [], "name": "S"}]}"#,
+            "sheets[0].name: must come before \"rows\" (the sheet is created when its rows start)",
+        ),
+        (
+            r#"{"sheets": [{"columns": [{"title": "A", "type": "text"}]}], "locale": "pt-BR"}"#,
+            "locale: must come before \"sheets\" (renderers need it before the first row)",
+        ),
+    ];
+    for (doc, expected) in ordered {
+        let err = validate(doc.as_bytes(), &Limits::default()).expect_err(expected);
+        assert_eq!(err.to_string(), expected);
+    }
+}
+
+#[test]
+fn validation_enforces_configured_limits() {
+    let limits = Limits {
+        max_sheets: 2,
+        max_rows: 3,
+        max_columns: 2,
+        max_cell_chars: 5,
+    };
+    let col = |t: &str| json!({"title": t, "type": "text"});
+    let cases = [
+        (
+            json!({"sheets": [{"columns": [col("A")]}, {"columns": [col("A")]}, {"columns": [col("A")]}]}),
+            "sheets[2]: more than 2 sheets, over the limit of 2 (max_sheets)",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A")], "rows": [["a"], ["b"], ["c"], ["d"]]}]}),
+            "sheets[0].rows[3]: more than 3 rows in a sheet, over the limit of 3 (max_rows)",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A"), col("B"), col("C")]}]}),
+            "sheets[0].columns: 3 columns, over the limit of 2 (max_columns)",
+        ),
+        (
+            json!({"sheets": [{"columns": [col("A")], "rows": [["abcdef"]]}]}),
+            "sheets[0].rows[0][0]: text is 6 characters, over the limit of 5 (max_cell_chars)",
+        ),
+    ];
+    for (doc, expected) in cases {
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let err = validate(&bytes, &limits).expect_err(expected);
+        assert_eq!(err.to_string(), expected);
+    }
+    // Within the limits the same shapes pass.
+    let ok = json!({"sheets": [{"columns": [col("A"), col("B")], "rows": [["abcde", null]]}]});
+    let summary = validate(&serde_json::to_vec(&ok).unwrap(), &limits).unwrap();
+    assert_eq!(summary, Summary { sheets: 1, rows: 1 });
+}
+
+#[test]
+fn validation_reports_syntax_errors_with_the_row() {
+    let doc = br#"{"sheets":[{"columns":[{"title":"A","type":"number"}],"rows":[[1],[2],[3,]]}]}"#;
+    let err = validate(doc, &Limits::default()).unwrap_err();
+    assert_eq!(err.path, "sheets[0].rows[2]");
+    assert!(err.message.contains("line 1"), "{err}");
+}
+
+#[test]
+fn validate_and_render_agree_on_the_summary() {
+    let doc = sales(25, "en-US");
+    let bytes = serde_json::to_vec(&doc).unwrap();
+    let summary = validate(&bytes, &Limits::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let rendered = render_value(format, &doc, &out_path(&dir, format.as_str())).unwrap();
+        assert_eq!(rendered, summary);
+    }
+}
+
+/// Any cell value allowed for a column type, including nulls and awkward text.
+fn cell_for(kind: &'static str) -> BoxedStrategy<Value> {
+    let value = match kind {
+        "text" => any::<String>().prop_map(Value::from).boxed(),
+        "number" => (-1e12f64..1e12).prop_map(Value::from).boxed(),
+        "integer" => (-9_007_199_254_740_992i64..9_007_199_254_740_992)
+            .prop_map(Value::from)
+            .boxed(),
+        "percent" => (-10.0f64..10.0).prop_map(Value::from).boxed(),
+        "boolean" => any::<bool>().prop_map(Value::from).boxed(),
+        "date" => (1900i32..9999, 1u32..13, 1u32..29)
+            .prop_map(|(y, m, d)| Value::from(format!("{y:04}-{m:02}-{d:02}")))
+            .boxed(),
+        _ => (1900i32..9999, 0u32..24, -12i32..13)
+            .prop_map(|(y, h, tz)| {
+                Value::from(format!(
+                    "{y:04}-03-04T{h:02}:05:06{}{:02}:00",
+                    if tz < 0 { '-' } else { '+' },
+                    tz.abs()
+                ))
+            })
+            .boxed(),
+    };
+    prop_oneof![1 => Just(Value::Null), 6 => value].boxed()
+}
+
+const KINDS: [&str; 7] = [
+    "text", "number", "integer", "percent", "boolean", "date", "datetime",
+];
+
+fn document() -> impl Strategy<Value = Value> {
+    (
+        proptest::collection::vec(0usize..KINDS.len(), 1..6),
+        0usize..40,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_flat_map(|(kinds, rows, pt, landscape)| {
+            let row = kinds
+                .iter()
+                .map(|k| cell_for(KINDS[*k]))
+                .collect::<Vec<_>>();
+            (
+                Just(kinds),
+                proptest::collection::vec(row, rows),
+                Just(pt),
+                Just(landscape),
+            )
+        })
+        .prop_map(|(kinds, rows, pt, landscape)| {
+            let columns: Vec<Value> = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| json!({"title": format!("Col {i} ç"), "type": KINDS[*k]}))
+                .collect();
+            let totals: serde_json::Map<String, Value> = kinds
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| matches!(KINDS[**k], "number" | "integer" | "percent"))
+                .map(|(i, _)| (format!("Col {i} ç"), Value::from("sum")))
+                .collect();
+            json!({
+                "title": "Propriedade",
+                "locale": if pt { "pt-BR" } else { "en-US" },
+                "pdf": {"orientation": if landscape { "landscape" } else { "portrait" }},
+                "sheets": [{"name": "Dados", "columns": columns, "rows": rows, "totals": totals}]
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_valid_document_renders_in_both_formats(doc in document()) {
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let summary = validate(&bytes, &Limits::default()).expect("generated documents are valid");
+        let dir = tempfile::tempdir().unwrap();
+        for format in Format::ALL {
+            let out = dir.path().join(format.as_str());
+            let rendered = render(format, bytes.as_slice(), &Limits::default(), &out).unwrap();
+            prop_assert_eq!(&rendered, &summary);
+            prop_assert!(std::fs::metadata(&out).unwrap().len() > 0);
+        }
+    }
+}
