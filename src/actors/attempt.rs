@@ -23,6 +23,11 @@ use super::uploader::UploaderMsg;
 
 /// How long a delivery waits before looking again when PostgreSQL is down.
 const DATABASE_RETRY: Duration = Duration::from_secs(1);
+/// Bounds of the wait before a delivery whose job is leased elsewhere looks
+/// again: soon enough to ack a duplicate right after the owner commits, and
+/// to take over within a second of a dead owner's lease running out.
+const MIN_DEFER: Duration = Duration::from_millis(100);
+const MAX_DEFER: Duration = Duration::from_secs(1);
 /// Longest an upload may take before the attempt counts as failed.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -95,7 +100,7 @@ async fn try_run(ctx: &Ctx, ticket: &Ticket) -> Result<Settle, JobError> {
         }
         Claim::Leased { until } => {
             let wait = (until - Utc::now()).to_std().unwrap_or_default();
-            return Ok(Settle::Defer(wait.clamp(Duration::from_millis(100), lease)));
+            return Ok(Settle::Defer(wait.clamp(MIN_DEFER, MAX_DEFER)));
         }
     };
     counter!(JOB_ATTEMPTS, "format" => ticket.format.as_str()).increment(1);

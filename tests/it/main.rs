@@ -6,6 +6,7 @@ mod api_generate;
 mod api_read;
 mod blobs;
 mod support;
+mod worker_delivery;
 mod worker_flow;
 mod worker_lifecycle;
 mod worker_queue;
