@@ -9,5 +9,6 @@ mod support;
 mod worker_delivery;
 mod worker_flow;
 mod worker_lifecycle;
+mod worker_process;
 mod worker_queue;
 mod worker_support;
