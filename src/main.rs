@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 
 use artefatos::Config;
 use artefatos::app::Application;
-use artefatos::storage::{db, keys};
+use artefatos::storage::cache::Cache;
+use artefatos::storage::outbox::Outbox;
+use artefatos::storage::queue::{Publisher, Topology};
+use artefatos::storage::{self, db, jobs, keys, queue};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +41,41 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Inspect and replay the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Inspect jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Every DLQ record: job id, format, attempts, reason, first and last death.
+    List {
+        /// One JSON document per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put failed jobs back to work with a fresh attempt budget.
+    Replay {
+        /// Only this job.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        job: Option<uuid::Uuid>,
+        /// Every record in the DLQ.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// A job's full record from PostgreSQL, as JSON.
+    Show { id: uuid::Uuid },
 }
 
 #[derive(Subcommand)]
@@ -107,7 +145,84 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Dlq { command } => dlq(config, command).await,
+        Command::Jobs {
+            command: JobsCommand::Show { id },
+        } => {
+            let pool = db::connect(&config.database_url, 2).await?;
+            match jobs::record(&pool, id).await? {
+                Some(record) => {
+                    println!("{}", serde_json::to_string_pretty(&record)?);
+                    Ok(())
+                }
+                None => anyhow::bail!("no job {id}"),
+            }
+        }
     }
+}
+
+async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database_url, 2).await?;
+    let topology = Topology::new(&config);
+    let connection = queue::connect(&config.amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    match command {
+        DlqCommand::List { json } => {
+            let entries = storage::dlq::list(&channel, &topology, &pool).await?;
+            if json {
+                for entry in &entries {
+                    println!("{}", serde_json::to_string(entry)?);
+                }
+            } else {
+                println!(
+                    "{:<36}  {:<6}  {:>8}  {:<20}  {:<20}  reason",
+                    "job", "format", "attempts", "first death", "last death"
+                );
+                let show = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
+                for e in &entries {
+                    println!(
+                        "{:<36}  {:<6}  {:>8}  {:<20}  {:<20}  {}",
+                        e.job_id
+                            .map(|id| id.to_string())
+                            .unwrap_or_else(|| "(malformed)".into()),
+                        e.format.as_deref().unwrap_or("-"),
+                        e.attempts
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        show(e.first_death),
+                        show(e.last_death),
+                        e.reason
+                    );
+                }
+                println!("{} record(s)", entries.len());
+            }
+        }
+        DlqCommand::Replay { job, all: _ } => {
+            let outcomes = storage::dlq::replay(&channel, &topology, &pool, job).await?;
+            let cache = Cache::new(
+                &config.redis_url,
+                &config.namespace,
+                config.idempotency_ttl,
+                config.status_cache_ttl,
+            )?;
+            for (id, outcome) in &outcomes {
+                if let Ok(Some(view)) = jobs::lifecycle::view(&pool, *id).await {
+                    let _ = cache.put_status(&view).await;
+                }
+                println!("{id}  {outcome:?}");
+            }
+            // Publish now rather than waiting for a relay's next round.
+            let outbox = Outbox::new(pool.clone(), Publisher::lazy(&config));
+            let published = outbox.sweep().await?;
+            println!("{} replayed, {} published", outcomes.len(), published);
+        }
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -210,7 +210,7 @@ fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<String, Ap
 
 /// SHA-256 of the canonical request without its key: object keys sorted,
 /// insignificant whitespace gone, so a re-serialised retry still matches.
-fn fingerprint(format: Format, filename: &str, document: &RawValue) -> [u8; 32] {
+pub fn fingerprint(format: Format, filename: &str, document: &RawValue) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(format.as_str().as_bytes());
     hasher.update([0]);

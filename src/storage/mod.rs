@@ -5,6 +5,7 @@
 pub mod blobs;
 pub mod cache;
 pub mod db;
+pub mod dlq;
 pub mod jobs;
 pub mod keys;
 pub mod outbox;

@@ -502,6 +502,8 @@ pub struct Death {
     pub queue: String,
     pub reason: String,
     pub count: u64,
+    /// When the broker first dead-lettered it from `queue` (seconds since the epoch).
+    pub time: Option<u64>,
 }
 
 /// The `x-death` history the broker wrote on a dead-lettered message.
@@ -523,6 +525,7 @@ pub fn deaths(properties: &BasicProperties) -> Vec<Death> {
                     queue: get("queue").and_then(text_of).unwrap_or_default(),
                     reason: get("reason").and_then(text_of).unwrap_or_default(),
                     count: get("count").and_then(integer_of).unwrap_or(0),
+                    time: get("time").and_then(integer_of),
                 })
             }
             _ => None,

@@ -360,3 +360,48 @@ async fn every_job_endpoint_requires_a_valid_key() {
     .await;
     assert_eq!(app.job_count().await, 1);
 }
+
+#[tokio::test]
+async fn a_key_held_by_a_request_in_flight_answers_409_with_retry_after() {
+    use artefatos::http::generate::fingerprint;
+    use artefatos::storage::cache::{Cache, Reservation};
+
+    let app = spawn_app().await;
+    let body = generate_body("pdf", "in-flight");
+    // Another API replica has taken the key and not committed yet.
+    let document: Box<serde_json::value::RawValue> =
+        serde_json::from_str(&body["document"].to_string()).unwrap();
+    let fp = hex::encode(fingerprint(Format::Pdf, "Vendas Q3.pdf", &document));
+    let client_id = app.client_id;
+    let cache = Cache::new(
+        "redis://127.0.0.1:6379",
+        &app.config.namespace,
+        app.config.idempotency_ttl,
+        app.config.status_cache_ttl,
+    )
+    .unwrap();
+    assert_eq!(
+        cache
+            .reserve_key(client_id, "in-flight", &fp)
+            .await
+            .unwrap(),
+        Reservation::Reserved
+    );
+
+    let response = app.generate(&body).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    problem(response, 409, "request_in_progress").await;
+    // Another body under the held key is a reuse, in flight or not.
+    problem(
+        app.generate(&generate_body("xlsx", "in-flight")).await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(app.job_count().await, 0);
+
+    // The holder gave up (crashed, failed): the key is free again.
+    cache.release_key(client_id, "in-flight").await.unwrap();
+    assert_eq!(app.generate(&body).await.status(), 202);
+    assert_eq!(app.job_count().await, 1);
+}

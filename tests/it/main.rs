@@ -5,6 +5,7 @@ mod api_degraded;
 mod api_generate;
 mod api_read;
 mod blobs;
+mod cli;
 mod support;
 mod worker_delivery;
 mod worker_failures;

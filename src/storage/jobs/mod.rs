@@ -125,3 +125,17 @@ pub enum JobError {
 pub fn artifact_key(job_id: Uuid, format: Format) -> String {
     format!("jobs/{job_id}.{}", format.as_str())
 }
+
+/// A job's whole row for operators (`artefatos jobs show`): every column but
+/// the payload, which is summarised by its size.
+pub async fn record(pool: &sqlx::PgPool, id: Uuid) -> Result<Option<serde_json::Value>, JobError> {
+    Ok(sqlx::query_scalar(
+        "SELECT to_jsonb(j) - 'payload' - 'fingerprint'
+                || jsonb_build_object('fingerprint', encode(j.fingerprint, 'hex'),
+                                      'payload_bytes', octet_length(j.payload::text))
+         FROM jobs j WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}

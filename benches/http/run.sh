@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Load test of the request path with wrk (Debian package), 64 connections, against a
+# release build of the API with every service co-located on this machine.
+# Usage: benches/http/run.sh [seconds]   (prints wrk's reports; see BENCHMARKS.md)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECONDS_PER_RUN="${1:-15}"
+command -v wrk >/dev/null || apt-get install -y wrk
+scripts/services.sh >/dev/null
+cargo build --release --bin artefatos
+BIN="${CARGO_TARGET_DIR:-target}/release/artefatos"
+
+RUN_ID="b$(date +%s)"
+export RUN_ID
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/artefatos_bench_$RUN_ID"
+export ARTEFATOS_NAMESPACE="bench_$RUN_ID"
+export ARTEFATOS_LISTEN="127.0.0.1:18080"
+export ARTEFATOS_STORAGE_DIR="$(mktemp -d)"
+export RUST_LOG=warn
+"$BIN" api &
+APP=$!
+cleanup() {
+    kill "$APP" 2>/dev/null || true
+    wait "$APP" 2>/dev/null || true
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS artefatos_bench_$RUN_ID WITH (FORCE)" || true
+}
+trap cleanup EXIT
+until curl -sf "http://$ARTEFATOS_LISTEN/health/ready" >/dev/null; do sleep 0.2; done
+ARTEFATOS_KEY="$("$BIN" keys create "bench-$RUN_ID" | tail -n1)"
+export ARTEFATOS_KEY
+URL="http://$ARTEFATOS_LISTEN"
+
+echo "== new jobs (POST /generate, a new key per request)"
+wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" --latency -s benches/http/post_new.lua "$URL"
+committed=$(psql -h 127.0.0.1 -U postgres -d "artefatos_bench_$RUN_ID" -qAtc "SELECT count(*) FROM jobs")
+echo "jobs committed in PostgreSQL: $committed"
+
+echo "== idempotent replays (POST /generate, one key)"
+wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" --latency -s benches/http/post_replay.lua "$URL"
+
+JOB_ID=$(psql -h 127.0.0.1 -U postgres -d "artefatos_bench_$RUN_ID" -qAtc "SELECT id FROM jobs LIMIT 1")
+export JOB_ID
+echo "== cached status (GET /status/{id})"
+wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" --latency -s benches/http/status.lua "$URL"
