@@ -139,12 +139,13 @@ async fn a_worker_stopped_during_a_burst_loses_nothing() {
         ..Default::default()
     })
     .await;
-    let first = start_worker(&app.config).await;
     let total = 200;
     for i in 0..total {
         let format = if i % 2 == 0 { "xlsx" } else { "pdf" };
         post_job(&app, format, None).await;
     }
+    // Everything is queued before the worker starts, so it is stopped mid-burst.
+    let first = start_worker(&app.config).await;
     assert!(
         poll_until(DEADLINE, || async {
             statuses(&app).await.get("done").copied().unwrap_or(0) >= 10

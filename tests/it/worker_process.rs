@@ -185,12 +185,13 @@ async fn a_worker_killed_mid_job_loses_it_to_another_worker_within_the_lease() {
 #[tokio::test]
 async fn sigterm_during_a_burst_of_200_jobs_loses_none() {
     let app = spawn_app_with(Options::default()).await;
-    let mut first = WorkerProcess::spawn(&app.config, &[("ARTEFATOS_SHUTDOWN_GRACE", "10s")]);
     let total = 200;
     for i in 0..total {
         let format = if i % 2 == 0 { "xlsx" } else { "pdf" };
         post_job(&app, format, None).await;
     }
+    // Everything is queued before the worker starts, so it is stopped mid-burst.
+    let mut first = WorkerProcess::spawn(&app.config, &[("ARTEFATOS_SHUTDOWN_GRACE", "10s")]);
     assert!(
         poll_until(Duration::from_secs(60), || async {
             count(&app, "done").await >= 10

@@ -47,7 +47,16 @@ async fn delete_namespace(channel: &lapin::Channel, topology: &Topology) {
 
 #[tokio::test]
 async fn a_rejected_job_comes_back_with_growing_attempts_then_lands_in_the_dlq() {
-    let config = config(&[]);
+    retry_chain(config(&[])).await;
+}
+
+#[tokio::test]
+async fn quorum_queues_retry_and_dead_letter_the_same_way() {
+    retry_chain(config(&[("ARTEFATOS_QUEUE_TYPE", "quorum")])).await;
+}
+
+/// Rejects one job four times and checks each hop, then the DLQ record.
+async fn retry_chain(config: Config) {
     let topology = Topology::new(&config);
     let publisher = Publisher::connect(&config).await.expect("publisher");
     let job = Uuid::new_v4();
