@@ -115,7 +115,7 @@ async fn try_run(ctx: &Ctx, ticket: &Ticket) -> Result<Settle, JobError> {
 
     let work = work(ctx, ticket, &view);
     tokio::pin!(work);
-    let mut renew = tokio::time::interval(lease / 3);
+    let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
     renew.tick().await;
     let outcome = loop {
         tokio::select! {

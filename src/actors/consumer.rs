@@ -55,9 +55,26 @@ pub(crate) struct ConsumerArgs {
 }
 
 struct Link {
-    connection: Connection,
+    /// Taken by `drop` to close it.
+    connection: Option<Connection>,
     channel: Channel,
     reader: JoinHandle<()>,
+}
+
+impl Drop for Link {
+    /// Runs on every way out, a panic included: stop reading and close the
+    /// connection, so the broker requeues every delivery still unacked on it
+    /// at once instead of when the socket times out.
+    fn drop(&mut self) {
+        self.reader.abort();
+        if let Some(connection) = self.connection.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = connection.close(200, "consumer stopped".into()).await;
+            });
+        }
+    }
 }
 
 struct Held {
@@ -116,7 +133,7 @@ impl ConsumerState {
             let _ = me.cast(ConsumerMsg::Lost(epoch, "consumer cancelled".into()));
         });
         self.link = Some(Link {
-            connection,
+            connection: Some(connection),
             channel,
             reader,
         });
@@ -124,12 +141,8 @@ impl ConsumerState {
     }
 
     fn drop_link(&mut self) {
-        if let Some(link) = self.link.take() {
-            link.reader.abort();
-            // Dropping the connection closes it; the broker requeues every
-            // delivery still unacked on it.
-            drop(link.connection);
-        }
+        // Closes the connection (see `Link::drop`).
+        self.link = None;
         self.held.clear();
         self.publish_in_flight();
     }

@@ -287,6 +287,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_api_role_runs_only_the_relay() {
+        assert_eq!(Child::for_role(Role::Api, &Format::ALL), vec![Child::Relay]);
+        let worker = Child::for_role(Role::Worker, &[Format::Pdf]);
+        assert!(worker.contains(&Child::Consumer(Format::Pdf)));
+        assert!(!worker.contains(&Child::Consumer(Format::Xlsx)));
+        assert!(worker.contains(&Child::Relay));
+        // A pool starts before the consumer that feeds it.
+        let pool = worker.iter().position(|c| *c == Child::Pool(Format::Pdf));
+        let consumer = worker
+            .iter()
+            .position(|c| *c == Child::Consumer(Format::Pdf));
+        assert!(pool < consumer);
+    }
+
+    #[test]
     fn backoff_doubles_then_the_budget_runs_out() {
         let mut budget = RestartBudget::default();
         let now = Instant::now();
