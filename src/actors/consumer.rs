@@ -41,6 +41,9 @@ pub(crate) enum ConsumerMsg {
     },
     /// A deferred delivery's wait is over: hand it to the pool again.
     Redispatch { epoch: u64, tag: u64 },
+    /// The pool was restarted: tickets sent to the old one may be lost, so
+    /// hand every held delivery to the new one (duplicates are harmless).
+    RedispatchAll,
     /// Shutdown, step 1: stop receiving; held deliveries continue.
     StopConsuming(RpcReplyPort<()>),
     /// Shutdown, step 2: requeue whatever is still held; answers how many.
@@ -363,6 +366,13 @@ impl Actor for Consumer {
                     && let Some(held) = state.held.get(&tag)
                 {
                     state.dispatch(&myself, held.ticket.clone());
+                }
+            }
+            ConsumerMsg::RedispatchAll => {
+                if !state.draining {
+                    for held in state.held.values() {
+                        state.dispatch(&myself, held.ticket.clone());
+                    }
                 }
             }
             ConsumerMsg::StopConsuming(reply) => {

@@ -17,7 +17,7 @@ use crate::render::Format;
 
 use super::Role;
 use super::cache_writer::CacheWriter;
-use super::consumer::{Consumer, ConsumerArgs};
+use super::consumer::{Consumer, ConsumerArgs, ConsumerMsg};
 use super::context::Ctx;
 use super::depth::DepthPoller;
 use super::health::ActorState;
@@ -143,7 +143,13 @@ impl RootState {
                 let args = PoolArgs { ctx, format };
                 Actor::spawn_linked(None, Pool, args, sup)
                     .await
-                    .map(|(a, _)| a.get_cell())
+                    .map(|(a, _)| {
+                        // A restarted pool: re-send what the old one may have lost.
+                        if let Some(consumer) = self.ctx.peers.consumer(format) {
+                            let _ = consumer.cast(ConsumerMsg::RedispatchAll);
+                        }
+                        a.get_cell()
+                    })
                     .map_err(|e| e.to_string())
             }
             Child::Uploader => Actor::spawn_linked(None, Uploader, ctx, sup)

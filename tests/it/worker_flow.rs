@@ -200,3 +200,32 @@ async fn storage_back_before_the_last_attempt_ends_done() {
     );
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn renderers_crashing_past_the_restart_limit_get_a_fresh_pool_and_no_job_is_stranded() {
+    let app = spawn_app().await;
+    let worker = start_worker(&app.config).await;
+    // Eleven renderer crashes within a minute exceed the pool's budget of ten.
+    let mut jobs = Vec::new();
+    for _ in 0..11 {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let body = body_titled("xlsx", &format!("fault:panic-once:{token}"));
+        jobs.push(post_job(&app, "xlsx", Some(body)).await);
+    }
+    for job in &jobs {
+        app.wait_for_status(job, "done", Duration::from_secs(60))
+            .await;
+    }
+    let health = worker.health();
+    let pool = health
+        .actors
+        .iter()
+        .find(|a| a.name == "pool.xlsx")
+        .expect("pool line");
+    assert_eq!(
+        pool.restarts, 1,
+        "the root restarted the pool once: {health:?}"
+    );
+    assert_eq!(pool.state, ActorState::Running);
+    worker.shutdown().await;
+}
