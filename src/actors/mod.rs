@@ -1,1 +1,191 @@
-//! (filled in by its issue)
+//! The worker runtime: a ractor supervision tree that consumes job ids from
+//! RabbitMQ, renders on blocking threads, uploads, commits and retries through
+//! the broker. `supervision.md` at the top level draws the tree.
+//!
+//! The same tree runs in every role: `api` runs only the outbox relay,
+//! `worker` everything but the HTTP server, `all` both in one process.
+
+mod attempt;
+mod cache_writer;
+mod consumer;
+mod context;
+mod depth;
+mod health;
+mod janitor;
+mod pool;
+mod relay;
+mod renderer;
+mod supervisor;
+mod ticket;
+mod uploader;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::Config;
+use crate::storage::blobs::Blobs;
+use crate::storage::cache::Cache;
+use crate::storage::outbox::Outbox;
+
+pub use health::{ActorHealth, ActorState, ActorTreeHealth};
+
+use consumer::ConsumerMsg;
+use context::{Ctx, Shared};
+use supervisor::{Child, Root, RootArgs, RootMsg};
+
+/// Everything the tree needs from the process that starts it.
+pub struct WorkerDeps {
+    pub config: Config,
+    pub pool: sqlx::PgPool,
+    pub cache: Cache,
+    pub blobs: Blobs,
+    pub outbox: Outbox,
+}
+
+/// Which actors a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The outbox relay only: an API replica publishes what it committed.
+    Api,
+    /// Consumers, renderer pools, uploader, cache writer, relay, janitor and
+    /// the queue-depth poller.
+    Worker,
+    /// Both, in one process (the quick start).
+    All,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::All => "all",
+        }
+    }
+}
+
+/// Why the tree could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("the actor tree failed to start: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+}
+
+/// The running tree: its health for `/health/actors`, and its shutdown.
+pub struct WorkerHandle {
+    ctx: Ctx,
+    role: Role,
+    root: ActorRef<RootMsg>,
+    join: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Starts the tree for `role`. Returns once every child has been spawned;
+/// consumers connect in the background, so a broker that is down delays
+/// consumption, never the start.
+pub async fn start(role: Role, deps: WorkerDeps) -> Result<WorkerHandle, ActorError> {
+    let worker_id = format!(
+        "{}-{}-{}",
+        role.as_str(),
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let formats = deps.config.worker.formats.clone();
+    let ctx: Ctx = Arc::new(Shared::new(
+        deps.config,
+        deps.pool,
+        deps.cache,
+        deps.blobs,
+        deps.outbox,
+        worker_id,
+    ));
+    let args = RootArgs {
+        ctx: ctx.clone(),
+        children: Child::for_role(role, &formats),
+    };
+    let (root, join) = Actor::spawn(None, Root, args).await?;
+    ctx.health.set_state("root", ActorState::Running);
+    info!(worker_id = %ctx.worker_id, role = role.as_str(), "actor tree started");
+    Ok(WorkerHandle {
+        ctx,
+        role,
+        root,
+        join: std::sync::Mutex::new(Some(join)),
+    })
+}
+
+/// What `GET /health/actors` serves; the HTTP layer sees only this trait.
+impl crate::http::health::ActorTree for WorkerHandle {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(self.health()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl WorkerHandle {
+    /// The live tree: each actor's name, state, restarts, last failure and
+    /// jobs in flight.
+    pub fn health(&self) -> ActorTreeHealth {
+        let mut actors = self.ctx.health.snapshot();
+        if let Some(root) = actors.iter_mut().find(|a| a.name == "root")
+            && !matches!(self.root.get_status(), ractor::ActorStatus::Running)
+        {
+            root.state = if self.ctx.shutting_down() {
+                ActorState::Stopped
+            } else {
+                ActorState::Failed
+            };
+        }
+        ActorTreeHealth {
+            worker_id: self.ctx.worker_id.clone(),
+            role: self.role.as_str(),
+            actors,
+        }
+    }
+
+    /// The lease owner name this process writes into the jobs it claims.
+    pub fn worker_id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Graceful stop: stop consuming, let held jobs finish for up to
+    /// `shutdown_grace`, requeue what is left (nack with requeue, lease given
+    /// back), then stop every actor. Idempotent.
+    pub async fn shutdown(&self) {
+        let grace = self.ctx.config.worker.shutdown_grace;
+        let consumers = self.ctx.peers.consumers();
+        for consumer in &consumers {
+            let _ = consumer
+                .call(ConsumerMsg::StopConsuming, Some(Duration::from_secs(5)))
+                .await;
+        }
+        let deadline = Instant::now() + grace;
+        while self.ctx.health.consumer_jobs() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut requeued = 0;
+        for consumer in &consumers {
+            if let Ok(CallResult::Success(n)) = consumer
+                .call(ConsumerMsg::RequeueAll, Some(Duration::from_secs(5)))
+                .await
+            {
+                requeued += n;
+            }
+        }
+        if requeued > 0 {
+            warn!(requeued, "jobs requeued at shutdown after the grace period");
+        }
+        self.ctx.begin_shutdown();
+        self.root.stop(Some("shutdown".into()));
+        let join = self.join.lock().ok().and_then(|mut j| j.take());
+        if let Some(join) = join {
+            let _ = tokio::time::timeout(Duration::from_secs(15), join).await;
+        }
+        self.ctx.health.set_state("root", ActorState::Stopped);
+        info!("actor tree stopped");
+    }
+}

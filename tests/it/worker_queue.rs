@@ -47,11 +47,23 @@ async fn delete_namespace(channel: &lapin::Channel, topology: &Topology) {
 
 #[tokio::test]
 async fn a_rejected_job_comes_back_with_growing_attempts_then_lands_in_the_dlq() {
-    let config = config(&[]);
+    retry_chain(config(&[])).await;
+}
+
+#[tokio::test]
+async fn quorum_queues_retry_and_dead_letter_the_same_way() {
+    retry_chain(config(&[("ARTEFATOS_QUEUE_TYPE", "quorum")])).await;
+}
+
+/// Rejects one job four times and checks each hop, then the DLQ record.
+async fn retry_chain(config: Config) {
     let topology = Topology::new(&config);
     let publisher = Publisher::connect(&config).await.expect("publisher");
     let job = Uuid::new_v4();
-    publisher.publish(job, Format::Xlsx).await.expect("confirmed");
+    publisher
+        .publish(job, Format::Xlsx)
+        .await
+        .expect("confirmed");
 
     let connection = queue::connect(&config.amqp_url).await.expect("connect");
     let (channel, mut consumer) = queue::consume(&connection, &topology, Format::Xlsx, 1, "t")
@@ -134,7 +146,10 @@ async fn declaring_twice_is_harmless_and_depth_counts_ready_messages() {
     let topology = Topology::new(&config);
     let publisher = Publisher::connect(&config).await.expect("publisher");
     for _ in 0..3 {
-        publisher.publish(Uuid::new_v4(), Format::Pdf).await.unwrap();
+        publisher
+            .publish(Uuid::new_v4(), Format::Pdf)
+            .await
+            .unwrap();
     }
     let connection = queue::connect(&config.amqp_url).await.unwrap();
     let channel = connection.create_channel().await.unwrap();

@@ -143,6 +143,7 @@ pub struct Artifact {
 
 /// Commits `done` with the artifact; `None` when the job is no longer this
 /// owner's `processing` job (a duplicate finished first: nothing to do).
+/// `lease_owner` stays as the record of which worker finished the job.
 pub async fn mark_done(
     pool: &PgPool,
     job_id: Uuid,
@@ -151,7 +152,7 @@ pub async fn mark_done(
 ) -> Result<Option<JobView>, JobError> {
     let sql = format!(
         "UPDATE jobs SET status = 'done', artifact_key = $3, artifact_size = $4, \
-         artifact_sha256 = $5, error = NULL, error_code = NULL, lease_owner = NULL, \
+         artifact_sha256 = $5, error = NULL, error_code = NULL, \
          lease_until = NULL, finished_at = now(), updated_at = now() \
          WHERE id = $1 AND status = 'processing' AND lease_owner = $2 \
          RETURNING {JOB_VIEW_COLUMNS}"

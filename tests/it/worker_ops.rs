@@ -1,0 +1,161 @@
+//! What an operator relies on: the health of the tree, the queue-depth gauge,
+//! retention, and a worker that rides out a broker outage.
+
+use std::time::Duration;
+
+use artefatos::actors::ActorState;
+use artefatos::metrics::recorder;
+
+use crate::support::{Options, poll_until, spawn_app, spawn_app_with};
+use crate::worker_support::{post_job, start_worker};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn the_health_report_lists_every_actor_of_the_worker_role_running() {
+    let app = spawn_app().await;
+    let worker = start_worker(&app.config).await;
+    assert!(
+        poll_until(DEADLINE, || async {
+            worker
+                .health()
+                .actors
+                .iter()
+                .filter(|a| a.name.starts_with("consumer."))
+                .all(|a| a.state == ActorState::Running)
+        })
+        .await
+    );
+    let health = worker.health();
+    let names: Vec<&str> = health.actors.iter().map(|a| a.name.as_str()).collect();
+    for expected in [
+        "root",
+        "consumer.xlsx",
+        "consumer.pdf",
+        "pool.xlsx",
+        "pool.pdf",
+        "renderer.xlsx.0",
+        "renderer.pdf.1",
+        "uploader",
+        "cache_writer",
+        "relay",
+        "janitor",
+        "queue_depth",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+    assert!(health.actors.iter().all(|a| a.restarts == 0));
+    let json = serde_json::to_value(&health).unwrap();
+    assert_eq!(json["role"], "worker");
+    assert!(json["actors"][0]["jobs_in_flight"].is_number());
+    worker.shutdown().await;
+    assert_eq!(
+        worker
+            .health()
+            .actors
+            .iter()
+            .find(|a| a.name == "root")
+            .map(|a| a.state),
+        Some(ActorState::Stopped)
+    );
+}
+
+#[tokio::test]
+async fn the_queue_depth_gauge_reports_each_work_queue() {
+    let app = spawn_app().await;
+    // Jobs wait in the queue: no worker consumes this format.
+    for _ in 0..3 {
+        post_job(&app, "pdf", None).await;
+    }
+    let mut config = app.config.clone();
+    config.worker.formats = vec![artefatos::render::Format::Xlsx];
+    let worker = start_worker(&config).await;
+    let line = format!(
+        "artefatos_queue_depth{{queue=\"{}.work.pdf\",format=\"pdf\"}} 3",
+        app.config.namespace
+    );
+    assert!(
+        poll_until(DEADLINE, || async { recorder().render().contains(&line) }).await,
+        "{line} in /metrics"
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn artifacts_past_retention_are_deleted_and_downloads_answer_410() {
+    let app = spawn_app_with(Options {
+        vars: vec![("ARTEFATOS_RETENTION", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let worker = start_worker(&app.config).await;
+    let job = post_job(&app, "xlsx", None).await;
+    app.wait_for_status(&job, "done", DEADLINE).await;
+    let root = app.s3.as_ref().unwrap().root();
+    let stored = |root: std::path::PathBuf, job: String| async move {
+        walk(&root).iter().any(|p| p.contains(&job))
+    };
+    assert!(
+        poll_until(DEADLINE, || async {
+            app.get(&format!("/download/{job}")).await.status() == 410
+        })
+        .await,
+        "download answers 410 once the janitor ran"
+    );
+    assert!(!stored(root, job.clone()).await, "the object is gone");
+    worker.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_worker_rides_out_a_broker_outage() {
+    let app = spawn_app_with(Options {
+        proxy_rabbitmq: true,
+        ..Default::default()
+    })
+    .await;
+    let worker = start_worker(&app.config).await;
+    let consuming = || async {
+        worker
+            .health()
+            .actors
+            .iter()
+            .filter(|a| a.name.starts_with("consumer."))
+            .all(|a| a.state == ActorState::Running)
+    };
+    assert!(poll_until(DEADLINE, consuming).await);
+    let proxy = app.rabbitmq_proxy.as_ref().unwrap();
+    proxy.cut();
+    assert!(
+        poll_until(DEADLINE, || async {
+            worker
+                .health()
+                .actors
+                .iter()
+                .any(|a| a.name.starts_with("consumer.") && a.state == ActorState::Connecting)
+        })
+        .await,
+        "the consumer noticed the outage"
+    );
+    // Accepted while the broker is unreachable: waits in the outbox.
+    let job = post_job(&app, "xlsx", None).await;
+    proxy.restore();
+    app.wait_for_status(&job, "done", Duration::from_secs(60))
+        .await;
+    assert!(poll_until(DEADLINE, consuming).await);
+    worker.shutdown().await;
+}
