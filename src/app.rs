@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::actors::{self, ActorError, Role, WorkerDeps, WorkerHandle};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::storage::blobs::Blobs;
@@ -29,12 +30,22 @@ pub enum AppError {
     Listen(std::net::SocketAddr, std::io::Error),
     #[error("http server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Actors(#[from] ActorError),
+}
+
+/// What `GET /health/actors` serves; the HTTP layer sees only this trait.
+impl http::health::ActorTree for WorkerHandle {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(self.health()).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// A built service, bound to its port, not yet serving.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    tree: Option<Arc<WorkerHandle>>,
 }
 
 impl Application {
@@ -72,7 +83,11 @@ impl Application {
             outbox,
             actors: None,
         };
-        Ok(Application { listener, state })
+        Ok(Application {
+            listener,
+            state,
+            tree: None,
+        })
     }
 
     /// The bound port (tests bind port 0).
@@ -85,21 +100,36 @@ impl Application {
         &self.state
     }
 
-    /// Attaches the actor tree `/health/actors` reports.
-    pub fn with_actors(mut self, tree: Arc<dyn http::health::ActorTree>) -> Self {
-        self.state.actors = Some(tree);
-        self
+    /// Starts the actor tree of `role` on the same stores (`api`: the outbox
+    /// relay; `worker`: consumers, renderers, uploader, janitor too; `all`: both).
+    pub async fn start_actors(mut self, role: Role) -> Result<Self, AppError> {
+        let deps = WorkerDeps {
+            config: (*self.state.config).clone(),
+            pool: self.state.jobs.pool().clone(),
+            cache: self.state.cache.clone(),
+            blobs: self.state.blobs.clone(),
+            outbox: self.state.outbox.clone(),
+        };
+        let tree = Arc::new(actors::start(role, deps).await?);
+        self.state.actors = Some(tree.clone());
+        self.tree = Some(tree);
+        Ok(self)
     }
 
-    /// Serves until `shutdown` resolves, then drains open connections.
+    /// Serves until `shutdown` resolves; then drains open connections and
+    /// stops the actor tree (in-flight jobs get `ARTEFATOS_SHUTDOWN_GRACE`).
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(AppError::Serve)
+            .map_err(AppError::Serve);
+        if let Some(tree) = self.tree {
+            tree.shutdown().await;
+        }
+        served
     }
 }

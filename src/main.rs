@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use artefatos::Config;
+use artefatos::actors::Role;
 use artefatos::app::Application;
 use artefatos::storage::cache::Cache;
 use artefatos::storage::outbox::Outbox;
@@ -105,7 +106,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     match cli.command {
-        Command::All | Command::Api | Command::Worker { .. } => serve(config).await,
+        Command::All => serve(config, Role::All).await,
+        Command::Api => serve(config, Role::Api).await,
+        Command::Worker { .. } => serve(config, Role::Worker).await,
         Command::Migrate => {
             db::ensure_database(&config.database_url).await?;
             let pool = db::connect(&config.database_url, 2).await?;
@@ -225,9 +228,14 @@ async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
     let listen = config.listen;
-    let app = Application::build(config).await.context("start-up")?;
+    let app = Application::build(config)
+        .await
+        .context("start-up")?
+        .start_actors(role)
+        .await
+        .context("actor tree")?;
     tracing::info!(%listen, "artefatos listening");
     app.serve(shutdown_signal()).await?;
     Ok(())

@@ -119,13 +119,6 @@ pub async fn start(role: Role, deps: WorkerDeps) -> Result<WorkerHandle, ActorEr
     })
 }
 
-/// What `GET /health/actors` serves; the HTTP layer sees only this trait.
-impl crate::http::health::ActorTree for WorkerHandle {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::to_value(self.health()).unwrap_or(serde_json::Value::Null)
-    }
-}
-
 impl WorkerHandle {
     /// The live tree: each actor's name, state, restarts, last failure and
     /// jobs in flight.

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use artefatos::Config;
+use artefatos::actors::Role;
 use artefatos::app::Application;
 use artefatos::config::StorageConfig;
 use artefatos::storage::{db, keys};
@@ -34,6 +35,9 @@ pub struct Options {
     pub filesystem: bool,
     /// Extra environment variables (e.g. limits) for `Config::from_vars`.
     pub vars: Vec<(&'static str, String)>,
+    /// The actor tree the app runs: `Api` (the outbox relay, as `artefatos
+    /// api`) unless the test wants the workers in the same process.
+    pub role: Option<Role>,
 }
 
 /// A running app and everything a test needs to talk to it and look behind it.
@@ -116,7 +120,10 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
     let app = Application::build(config.clone())
         .await
-        .expect("app builds");
+        .expect("app builds")
+        .start_actors(options.role.unwrap_or(Role::Api))
+        .await
+        .expect("actor tree starts");
     let port = app.port();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
