@@ -129,8 +129,16 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
     cluster.stop().await;
     cluster.assert_no_panics();
 
-    verify_database(&pool, &load, total).await;
-    verify_bucket(&pool, &s3, &storage, total).await;
+    let mut problems = verify_database(&pool, &load, total).await;
+    problems.extend(verify_bucket(&pool, &s3, &storage, total).await);
+    if !problems.is_empty() {
+        let shown: Vec<&String> = problems.iter().take(50).collect();
+        panic!(
+            "{} problems behind the API, e.g.:\n{shown:#?}\n{}",
+            problems.len(),
+            cluster.log_tails()
+        );
+    }
     verify_queues(&cluster.config, total).await;
     verify_replays(&load).await;
     figures.print();
@@ -274,8 +282,8 @@ impl Cluster {
                 continue; // the access log: one line per request
             }
             let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {name} (last 20 lines)\n"));
-            for line in &lines[lines.len().saturating_sub(20)..] {
+            out.push_str(&format!("--- {name} (last 40 lines)\n"));
+            for line in &lines[lines.len().saturating_sub(40)..] {
                 out.push_str(line);
                 out.push('\n');
             }
@@ -743,72 +751,110 @@ async fn poll(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
 // ---------------------------------------------------------------------------
 // Behind the API: PostgreSQL, the bucket, the queues
 
-/// One row per job, each `done` after exactly one claim, under the id the client got.
-async fn verify_database(pool: &sqlx::PgPool, load: &Load, total: usize) {
-    let rows: Vec<(Uuid, String, String, i32)> =
-        sqlx::query_as("SELECT id, idempotency_key, status, attempts FROM jobs")
-            .fetch_all(pool)
-            .await
-            .expect("jobs");
-    assert_eq!(rows.len(), total, "exactly one job row per idempotency key");
-    let job_ids = load.job_ids.lock().unwrap().clone();
-    for (id, key, status, attempts) in rows {
-        assert_eq!(status, "done", "job {id} ({key})");
-        // `attempts` counts claims, and a job is rendered only after a claim:
-        // one claim = rendered once (a restart cut no render short).
-        assert_eq!(attempts, 1, "job {id} ({key}) was claimed {attempts} times");
-        let index: usize = key
-            .strip_prefix("scale-")
-            .and_then(|i| i.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected key {key}"));
-        assert_eq!(
-            job_ids.get(&index),
-            Some(&id),
-            "the client got job {id} for {key}"
-        );
+/// One row per job, each `done` after exactly one claim, under the id the
+/// client got. Every departure is listed, not just the first.
+async fn verify_database(pool: &sqlx::PgPool, load: &Load, total: usize) -> Vec<String> {
+    let rows: Vec<(Uuid, String, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT id, idempotency_key, status, attempts, lease_owner, error FROM jobs",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("jobs");
+    let mut problems = Vec::new();
+    if rows.len() != total {
+        problems.push(format!(
+            "{} job rows for {total} idempotency keys",
+            rows.len()
+        ));
     }
+    let job_ids = load.job_ids.lock().unwrap().clone();
+    for (id, key, status, attempts, owner, error) in rows {
+        let row = format!(
+            "job {id} ({key}, {status}, attempts {attempts}, owner {owner:?}, error {error:?})"
+        );
+        if status != "done" {
+            problems.push(format!("{row}: not done"));
+        }
+        // `attempts` counts claims, and a job is rendered only after a claim:
+        // one claim = rendered once (no restart cut a render short).
+        if attempts != 1 {
+            problems.push(format!("{row}: claimed {attempts} times"));
+        }
+        let index = key
+            .strip_prefix("scale-")
+            .and_then(|i| i.parse::<usize>().ok());
+        if index.and_then(|i| job_ids.get(&i)) != Some(&id) {
+            problems.push(format!("{row}: the client got another job id for {key}"));
+        }
+    }
+    problems
 }
 
 /// One object per job, each written once: its size and SHA-256 are the ones
 /// committed with `done`, and it was last modified between the job's claim and
 /// its `done` commit — an object written again later would be newer.
-async fn verify_bucket(pool: &sqlx::PgPool, s3: &S3Server, storage: &StorageConfig, total: usize) {
+async fn verify_bucket(
+    pool: &sqlx::PgPool,
+    s3: &S3Server,
+    storage: &StorageConfig,
+    total: usize,
+) -> Vec<String> {
     let StorageConfig::S3(config) = storage else {
         unreachable!("the scale test runs on S3")
     };
     let bucket = s3.root().join(&config.bucket);
+    let mut problems = Vec::new();
     let objects = files(&bucket);
-    assert_eq!(
-        objects.len(),
-        total,
-        "one object per job in {}",
-        bucket.display()
+    if objects.len() != total {
+        problems.push(format!(
+            "{} objects in {} for {total} jobs",
+            objects.len(),
+            bucket.display()
+        ));
+    }
+    type Row = (
+        Uuid,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
     );
-    let rows: Vec<(Uuid, String, i64, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, artifact_key, artifact_size, artifact_sha256, started_at, finished_at FROM jobs",
     )
     .fetch_all(pool)
     .await
     .expect("artifacts");
     for (id, key, size, sha, started_at, finished_at) in rows {
+        let (Some(key), Some(size), Some(sha), Some(started_at), Some(finished_at)) =
+            (key, size, sha, started_at, finished_at)
+        else {
+            problems.push(format!("job {id}: no artifact recorded"));
+            continue;
+        };
         let path = bucket.join(&key);
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("job {id}: object {} missing: {e}", path.display()));
-        assert_eq!(bytes.len() as i64, size, "job {id}: object size");
-        assert_eq!(
-            hex::encode(Sha256::digest(&bytes)),
-            sha,
-            "job {id}: object SHA-256"
-        );
-        let modified: DateTime<Utc> = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map(DateTime::<Utc>::from)
-            .unwrap_or_else(|e| panic!("job {id}: mtime: {e}"));
-        assert!(
-            started_at <= modified && modified <= finished_at,
-            "job {id}: object written at {modified}, outside its claim {started_at} .. done {finished_at}"
-        );
+        let (bytes, modified) = match std::fs::read(&path)
+            .and_then(|bytes| Ok((bytes, std::fs::metadata(&path)?.modified()?)))
+        {
+            Ok((bytes, modified)) => (bytes, DateTime::<Utc>::from(modified)),
+            Err(e) => {
+                problems.push(format!("job {id}: object {}: {e}", path.display()));
+                continue;
+            }
+        };
+        if bytes.len() as i64 != size || hex::encode(Sha256::digest(&bytes)) != sha {
+            problems.push(format!(
+                "job {id}: the object is not the artifact committed with done"
+            ));
+        }
+        if !(started_at <= modified && modified <= finished_at) {
+            problems.push(format!(
+                "job {id}: object written at {modified}, outside its claim {started_at} .. done {finished_at}"
+            ));
+        }
     }
+    problems
 }
 
 /// Every regular file under `dir`.
