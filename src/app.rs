@@ -59,12 +59,7 @@ impl Application {
         let pool = db::connect(&config.database_url, 32).await?;
         db::migrate(&pool).await?;
 
-        let cache = Cache::new(
-            &config.redis_url,
-            &config.namespace,
-            config.idempotency_ttl,
-            config.status_cache_ttl,
-        )?;
+        let cache = Cache::from_config(&config)?;
         let blobs = Blobs::from_config(&config.storage).await?;
         if let Err(e) = blobs.ensure_bucket().await {
             tracing::warn!(error = %e, "artifact storage unavailable at start; continuing degraded");

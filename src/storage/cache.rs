@@ -78,7 +78,7 @@ pub struct Cache {
 
 impl Cache {
     /// Builds the pool without connecting: the service starts while Redis is down.
-    pub fn new(
+    fn new(
         url: &str,
         namespace: &str,
         idempotency_ttl: Duration,
@@ -96,6 +96,16 @@ impl Cache {
             status_ttl,
             down_until_ms: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The cache as the configuration describes it.
+    pub fn from_config(config: &crate::Config) -> Result<Self, CacheError> {
+        Self::new(
+            &config.redis_url,
+            &config.namespace,
+            config.idempotency_ttl,
+            config.status_cache_ttl,
+        )
     }
 
     /// Tries to take `key` for `client`; the holder is returned if it is taken.

@@ -20,13 +20,7 @@ pub async fn start_worker(config: &Config) -> WorkerHandle {
     let pool = db::connect(&config.database_url, 8)
         .await
         .expect("worker pool");
-    let cache = Cache::new(
-        &config.redis_url,
-        &config.namespace,
-        config.idempotency_ttl,
-        config.status_cache_ttl,
-    )
-    .expect("cache");
+    let cache = Cache::from_config(config).expect("cache");
     let blobs = Blobs::from_config(&config.storage).await.expect("blobs");
     let outbox = Outbox::new(pool.clone(), Publisher::lazy(config));
     actors::start(
