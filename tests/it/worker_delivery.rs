@@ -11,7 +11,7 @@ use artefatos::storage::queue::{Publisher, Topology};
 use uuid::Uuid;
 
 use crate::support::{Options, TestApp, poll_until, spawn_app, spawn_app_with};
-use crate::worker_support::{depth, dlq, post_job, start_worker};
+use crate::worker_support::{depth, dlq, post_job, start_worker, wait_for_consumers};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -106,6 +106,7 @@ async fn several_workers_on_one_queue_share_the_jobs_and_do_each_once() {
         start_worker(&app.config).await,
         start_worker(&app.config).await,
     ];
+    assert!(wait_for_consumers(&app.config, Format::Xlsx, 3).await);
     let mut jobs = Vec::new();
     for _ in 0..30 {
         jobs.push(post_job(&app, "xlsx", None).await);

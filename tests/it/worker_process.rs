@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::{Options, TestApp, generate_body, poll_until, spawn_app_with};
-use crate::worker_support::{depth, dlq, post_job};
+use crate::worker_support::{depth, dlq, post_job, wait_for_consumers};
 
 const LEASE: &str = "3s";
 
@@ -235,6 +235,12 @@ async fn several_worker_processes_share_one_queue() {
         WorkerProcess::spawn(&app.config, &[]),
         WorkerProcess::spawn(&app.config, &[]),
     ];
+    assert!(
+        wait_for_consumers(&app.config, artefatos::render::Format::Pdf, 2).await,
+        "both workers consume; logs:\n{}\n{}",
+        workers[0].log(),
+        workers[1].log()
+    );
     let total = 40;
     for _ in 0..total {
         post_job(&app, "pdf", None).await;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use artefatos::Config;
 use artefatos::actors::{self, Role, WorkerDeps, WorkerHandle};
+use artefatos::render::Format;
 use artefatos::storage::blobs::Blobs;
 use artefatos::storage::cache::Cache;
 use artefatos::storage::db;
@@ -66,6 +67,35 @@ pub async fn depth(config: &Config, queue_name: &str) -> u32 {
     queue::queue_depth(&channel, queue_name)
         .await
         .expect("depth")
+}
+
+/// Consumers attached to a queue of the app's namespace (0 before it exists).
+pub async fn consumers(config: &Config, queue_name: &str) -> u32 {
+    let connection = queue::connect(&config.amqp_url).await.expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue_name.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    // Not declared yet: no worker has connected.
+    declared.map(|q| q.consumer_count()).unwrap_or(0)
+}
+
+/// Waits until `n` consumers (one per worker) are attached to a work queue,
+/// so jobs posted next can spread over all of them.
+pub async fn wait_for_consumers(config: &Config, format: Format, n: u32) -> bool {
+    let name = Topology::new(config).work_queue(format);
+    poll_until(Duration::from_secs(30), || {
+        let name = name.clone();
+        async move { consumers(config, &name).await >= n }
+    })
+    .await
 }
 
 /// The DLQ's name in the app's namespace.
