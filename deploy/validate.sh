@@ -14,7 +14,7 @@
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
+cd "$REPO" || exit 1
 REQUIREMENTS="tests/deploy/requirements.txt"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/artefatos"
 VENV="${ARTEFATOS_DEPLOY_VENV:-$CACHE/deploy-venv}"

@@ -9,7 +9,8 @@
 #   stop               stop everything started by `start` (SIGTERM, wait, then SIGKILL)
 #   status             one line per process: name, pid, port, alive/dead
 #   restart-one NAME   SIGTERM one process (api-1, api-2, worker-1..3, nginx), wait for
-#                      it to exit, start it again and wait until it is ready
+#                      it to exit, start it again and wait until it is ready (for an
+#                      API: until nginx routes requests to it again)
 #   nginx-config       print the generated nginx.conf (deploy/validate.sh runs nginx -t on it)
 #
 # Environment:
@@ -66,7 +67,7 @@ http {
     upstream artefatos_api {
 EOF
   for name in "${API_NAMES[@]}"; do
-    echo "        server 127.0.0.1:$(port_of "$name") max_fails=3 fail_timeout=10s;"
+    echo "        server 127.0.0.1:$(port_of "$name") max_fails=3 fail_timeout=5s;"
   done
   cat <<EOF
         keepalive 64;
@@ -75,6 +76,9 @@ EOF
     server {
         listen 127.0.0.1:$PORT;
         server_name _;
+        # Local cluster only: which replica answered, so restart-one can wait until
+        # nginx routes to a restarted API again (never expose this publicly).
+        add_header X-Upstream-Addr \$upstream_addr always;
         include $REPO/deploy/nginx/artefatos-server.conf;
     }
 }
@@ -102,6 +106,24 @@ http_ok() { # host:port path
     IFS= read -r line <&3 || exit 1
     [[ "$line" == *" 200 "* ]]
   ) 2>/dev/null
+}
+
+# The X-Upstream-Addr of one request through nginx.
+upstream_via_nginx() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$PORT" || exit 1
+    printf 'GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+    while IFS= read -r line <&3; do
+      line="${line%$'\r'}"
+      [[ -z "$line" ]] && break
+      [[ "${line,,}" == x-upstream-addr:* ]] && echo "${line#*: }"
+    done
+  ) 2>/dev/null
+}
+
+# True once nginx sends requests to this API again (after fail_timeout has passed).
+routed_to() {
+  [[ "$(upstream_via_nginx)" == "127.0.0.1:$(port_of "$1")" ]]
 }
 
 ready() {
@@ -172,7 +194,7 @@ stop_all() {
   # Edge first, so no new request reaches a stopping API; then APIs and workers together.
   stop_one nginx || rc=1
   for name in "${API_NAMES[@]}" "${WORKER_NAMES[@]}"; do
-    [[ -n "$(pid_of "$name")" ]] && kill -TERM "$(pid_of "$name")" 2>/dev/null || true
+    if [[ -n "$(pid_of "$name")" ]]; then kill -TERM "$(pid_of "$name")" 2>/dev/null || true; fi
   done
   for name in "${API_NAMES[@]}" "${WORKER_NAMES[@]}"; do stop_one "$name" signalled || rc=1; done
   return $rc
@@ -207,6 +229,11 @@ case "${1:-}" in
     [[ -d "$DIR" ]] || die "no cluster in $DIR (start it first)"
     stop_one "$name"
     start_one "$name"
+    if [[ "$name" == api-* ]] && alive nginx; then
+      wait_until "$READY_TIMEOUT" routed_to "$name" \
+        || die "nginx did not route to $name within ${READY_TIMEOUT}s"
+      log "nginx routes to $name again"
+    fi
     ;;
   nginx-config) mkdir -p "$DIR/nginx-tmp"; nginx_config ;;
   *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;

@@ -3,7 +3,11 @@
 it answers like a process of the cluster (`migrate` exits 0; `api`/`worker` serve
 /health/ready on ARTEFATOS_LISTEN and stop on SIGTERM) and echoes what nginx
 forwarded (method, path, X-Request-Id, body length, which process answered), so
-the tests can observe nginx's behaviour. It is not a model of the service."""
+the tests can observe nginx's behaviour. It is not a model of the service.
+
+Fault: while the file $ECHO_FAULT_DIR/drop-<port> exists, the process reads each
+request and closes the connection without answering (a replica dying after the
+request was sent), noting the request line in drop-<port>.log."""
 
 import json
 import os
@@ -19,6 +23,14 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         body_len = len(self.rfile.read(length)) if length else 0
+        port = os.environ["ARTEFATOS_LISTEN"].rsplit(":", 1)[1]
+        fault_dir = os.environ.get("ECHO_FAULT_DIR")
+        if fault_dir and self.path != "/health/ready" \
+                and os.path.exists(os.path.join(fault_dir, f"drop-{port}")):
+            with open(os.path.join(fault_dir, f"drop-{port}.log"), "a") as log:
+                log.write(f"{self.command} {self.path}\n")
+            self.close_connection = True
+            return
         payload = json.dumps({
             "role": sys.argv[1],
             "listen": os.environ["ARTEFATOS_LISTEN"],
@@ -29,6 +41,8 @@ class Handler(BaseHTTPRequestHandler):
         }).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if self.headers.get("X-Request-Id"):
+            self.send_header("x-request-id", self.headers["X-Request-Id"])  # as the API does
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

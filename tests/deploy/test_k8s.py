@@ -57,6 +57,39 @@ def test_core_resources_validate_strictly(built, version):
     assert not errors, "\n".join(errors)
 
 
+def test_custom_resources_match_their_crd_fields(built):
+    import jsonschema
+
+    import crd_schemas
+
+    errors = []
+    for d in built:
+        schema = crd_schemas.BY_KIND.get(d["kind"])
+        if schema is None:
+            continue
+        for e in jsonschema.Draft202012Validator(schema).iter_errors(d):
+            errors.append(f"{d['kind']}/{d['metadata']['name']}: {e.message} at {list(e.path)}")
+        if d["kind"] == "ScaledObject":
+            for t in d["spec"]["triggers"]:
+                if t["type"] == "prometheus":
+                    for e in jsonschema.Draft202012Validator(
+                            crd_schemas.PROMETHEUS_TRIGGER_METADATA).iter_errors(t["metadata"]):
+                        errors.append(f"{d['metadata']['name']} trigger: {e.message}")
+            # The HPA behavior KEDA passes through must be a valid autoscaling/v2 one.
+            behavior = d["spec"].get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+            if behavior:
+                hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                       "metadata": {"name": "x"},
+                       "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                                "maxReplicas": 1, "behavior": behavior}}
+                try:
+                    kubernetes_validate.validate(hpa, K8S_VERSIONS[-1], strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    errors.append(f"{d['metadata']['name']} behavior: {e.message}")
+    assert not errors, "\n".join(errors)
+    assert {d["kind"] for d in built} >= set(crd_schemas.BY_KIND)
+
+
 def test_python_fallback_matches_real_kustomize():
     if not L.kustomize_command():
         pytest.skip("no kubectl/kustomize here: the Python build is the only one")
@@ -107,7 +140,11 @@ def test_keda_scales_each_worker_1_to_10_at_10_per_replica(base, fmt):
     assert meta["serverAddress"].startswith("http")
     selectors, _ = L.promql_selectors(meta["query"])
     assert [s[0] for s in selectors] == ["artefatos_queue_depth"]
-    assert f'format="{fmt}"' in meta["query"].replace(" ", "")
+    query = meta["query"].replace(" ", "")
+    assert f'format="{fmt}"' in query
+    # Prometheus' `namespace` target label is the pod's namespace: the query must name
+    # the one kustomize puts the workers in, or it reads another deployment's queue.
+    assert f'namespace="{so["metadata"]["namespace"]}"' in query
     worker = L.one(base, "Deployment", name)
     env = {e["name"]: e.get("value") for e in L.pod_spec(worker)["containers"][0].get("env", [])}
     assert env["ARTEFATOS_WORKER_FORMATS"] == fmt

@@ -122,15 +122,16 @@ def request(port, method, path, body=None, headers=None):
                                  headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, e.headers, e.read()
 
 
 @pytest.fixture
 def cluster(tmp_path):
     base = free_port_block()
     env = dict(os.environ, ARTEFATOS_BIN=str(ECHO), CLUSTER_DIR=str(tmp_path / "cluster"),
+               ECHO_FAULT_DIR=str(tmp_path),
                CLUSTER_PORT=str(base), CLUSTER_READY_TIMEOUT="20", CLUSTER_STOP_TIMEOUT="10",
                NGINX=nginx_bin())
 
@@ -140,17 +141,17 @@ def cluster(tmp_path):
 
     started = run("start")
     assert started.returncode == 0, started.stderr
-    yield base, run, tmp_path / "cluster"
+    yield base, run, tmp_path
     stopped = run("stop")
     assert stopped.returncode == 0, stopped.stderr
 
 
-def pid(cluster_dir, name):
-    return int((cluster_dir / f"{name}.pid").read_text())
+def pid(tmp, name):
+    return int((tmp / "cluster" / f"{name}.pid").read_text())
 
 
 def test_cluster_sh_and_nginx_behaviour(cluster):
-    port, run, cdir = cluster
+    port, run, tmp = cluster
     assert run("status").stdout.count("alive") == 6
 
     # Round robin over both API processes, never to a worker.
@@ -160,7 +161,7 @@ def test_cluster_sh_and_nginx_behaviour(cluster):
     # The client's request id reaches the API and comes back; without one, nginx mints one.
     status, headers, body = request(port, "GET", "/status/x", headers={"X-Request-Id": "req-42"})
     assert status == 200 and json.loads(body)["request_id"] == "req-42"
-    assert headers["X-Request-Id"] == "req-42"
+    assert headers.get_all("X-Request-Id") == ["req-42"], "one X-Request-Id, not nginx's and the API's"
     status, headers, body = request(port, "GET", "/status/x")
     minted = json.loads(body)["request_id"]
     assert re.fullmatch(r"[0-9a-f]{32}", minted) and headers["X-Request-Id"] == minted
@@ -175,26 +176,52 @@ def test_cluster_sh_and_nginx_behaviour(cluster):
     # Operator endpoints are open to loopback.
     assert request(port, "GET", "/metrics")[0] == 200
 
-    # api-1 dies without a word: POST /generate (idempotent by key) moves on to api-2,
-    # while another POST route is not retried, so some of those fail.
-    os.kill(pid(cdir, "api-1"), signal.SIGKILL)
+    # api-1 takes requests and drops them unanswered (dies after the request was sent).
+    # POST /generate is retried on api-2 (non_idempotent: safe, idempotent by key) ...
+    api1 = port + 1
+    (tmp / f"drop-{api1}").touch()
+    generate = [request(port, "POST", "/generate", body=b"{}")[0] for _ in range(4)]
+    assert generate == [200] * 4
+    dropped = (tmp / f"drop-{api1}.log").read_text().splitlines()
+    assert "POST /generate" in dropped, "no /generate reached api-1: the retry was not exercised"
+    # ... but any other POST that reached api-1 is not replayed: the client gets 502.
+    others = []
+    while 502 not in others and len(others) < 4:
+        others.append(request(port, "POST", "/keys", body=b"{}")[0])
+    assert 502 in others
+    (tmp / f"drop-{api1}").unlink()
+    # nginx left api-1 out (max_fails); wait until it routes there again.
+    deadline = time.monotonic() + 15
+    while request(port, "GET", "/health/ready")[1].get("X-Upstream-Addr") != f"127.0.0.1:{api1}":
+        assert time.monotonic() < deadline, "nginx never took api-1 back"
+        time.sleep(0.1)
+
+    # api-2 is killed outright (connection refused: nothing was sent, so nginx moves
+    # on for every method); api-1 is back in rotation after fail_timeout or at once.
+    os.kill(pid(tmp, "api-2"), signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while (cdir / "api-1.pid").exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         try:
-            os.kill(pid(cdir, "api-1"), 0)
+            os.kill(pid(tmp, "api-2"), 0)
         except ProcessLookupError:
             break
         time.sleep(0.05)
-    generate = [request(port, "POST", "/generate", body=b"{}")[0] for _ in range(4)]
-    assert generate == [200] * 4
-    # A fresh nginx worker connection to the dead replica fails; GETs are retried too.
+    assert [request(port, "POST", "/generate", body=b"{}")[0] for _ in range(4)] == [200] * 4
     assert [request(port, "GET", "/status/x")[0] for _ in range(4)] == [200] * 4
 
-    # restart-one: SIGTERM, wait for the exit, start again, ready.
-    old = pid(cdir, "api-2")
+    # restart-one of an API: SIGTERM, wait for the exit, start again, ready, and
+    # routed to by nginx again.
     restarted = run("restart-one", "api-2")
     assert restarted.returncode == 0, restarted.stderr
-    assert pid(cdir, "api-2") != old
+    assert "nginx routes to api-2 again" in restarted.stderr
+    assert {json.loads(request(port, "GET", "/status/x")[2])["listen"] for _ in range(4)} \
+        == {f"127.0.0.1:{port + 1}", f"127.0.0.1:{port + 2}"}
+
+    # restart-one of a worker.
+    old = pid(tmp, "worker-2")
+    restarted = run("restart-one", "worker-2")
+    assert restarted.returncode == 0, restarted.stderr
+    assert pid(tmp, "worker-2") != old
     with pytest.raises(ProcessLookupError):
         os.kill(old, 0)
-    assert "stopped api-2" in restarted.stderr and "api-2 ready" in restarted.stderr
+    assert "stopped worker-2" in restarted.stderr and "worker-2 ready" in restarted.stderr

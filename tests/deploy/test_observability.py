@@ -80,7 +80,12 @@ def test_required_alerts_exist():
 
 
 def test_alerts_file_is_a_plain_rules_file():
+    import jsonschema
+
+    import crd_schemas
+
     doc = yaml.safe_load(L.ALERTS.read_text())
     assert set(doc) == {"groups"}
+    jsonschema.validate(doc["groups"], crd_schemas.RULE_GROUPS)
     names = [r["alert"] for r in L.alert_rules()]
     assert len(names) == len(set(names))
