@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use artefatos::Config;
 use artefatos::config::StorageConfig;
-use serde_json::{Value, json};
-use uuid::Uuid;
 
-use crate::support::{Options, TestApp, generate_body, poll_until, spawn_app_with};
-use crate::worker_support::{depth, dlq, post_job, wait_for_consumers};
+use crate::support::{Options, TestApp, poll_until, spawn_app_with};
+use crate::worker_support::{big_body, depth, dlq, post_job, wait_for_consumers};
 
 const LEASE: &str = "3s";
 
@@ -120,14 +118,6 @@ async fn count(app: &TestApp, status: &str) -> i64 {
         .fetch_one(&app.pool)
         .await
         .unwrap()
-}
-
-/// A document big enough that rendering it takes a while in a debug build.
-fn big_body(rows: usize) -> Value {
-    let mut body = generate_body("xlsx", &Uuid::new_v4().to_string());
-    let row = json!(["2026-07-01", "Açaí Ltda", 1234.5, 3, true]);
-    body["document"]["sheets"][0]["rows"] = Value::Array(vec![row; rows]);
-    body
 }
 
 #[tokio::test]

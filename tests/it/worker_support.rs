@@ -112,3 +112,12 @@ pub async fn wait_for_dlq(config: &Config, n: u32, deadline: Duration) -> bool {
     })
     .await
 }
+
+/// An XLSX request whose document is big enough that rendering it takes a
+/// while in a debug build (≈ 1 s for 60,000 rows).
+pub fn big_body(rows: usize) -> Value {
+    let mut body = generate_body("xlsx", &Uuid::new_v4().to_string());
+    let row = serde_json::json!(["2026-07-01", "Açaí Ltda", 1234.5, 3, true]);
+    body["document"]["sheets"][0]["rows"] = Value::Array(vec![row; rows]);
+    body
+}
