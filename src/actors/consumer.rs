@@ -73,7 +73,11 @@ impl Drop for Link {
         if let Some(connection) = self.connection.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
+            let channel = self.channel.clone();
             runtime.spawn(async move {
+                // Channel first, then connection: closing both at once makes
+                // lapin log a spurious connection error.
+                let _ = channel.close(200, "consumer stopped".into()).await;
                 let _ = connection.close(200, "consumer stopped".into()).await;
             });
         }
