@@ -213,3 +213,26 @@ async fn a_job_finishing_during_a_broker_outage_is_acked_after_the_reconnect() {
     assert_eq!(depth(&app.config, &dlq(&app.config)).await, 0);
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redis_outage_only_costs_cache_freshness() {
+    let app = spawn_app_with(Options {
+        proxy_redis: true,
+        ..Default::default()
+    })
+    .await;
+    let worker = start_worker(&app.config).await;
+    app.redis_proxy.as_ref().unwrap().cut();
+    let job = post_job(&app, "pdf", None).await;
+    let status = app.wait_for_status(&job, "done", DEADLINE).await;
+    assert_eq!(status["attempts"], 1, "{status}");
+    let cache_writer = worker
+        .health()
+        .actors
+        .into_iter()
+        .find(|a| a.name == "cache_writer")
+        .expect("cache writer line");
+    assert_eq!(cache_writer.state, ActorState::Running);
+    assert_eq!(cache_writer.restarts, 0);
+    worker.shutdown().await;
+}
