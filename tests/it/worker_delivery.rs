@@ -166,3 +166,44 @@ async fn a_worker_stopped_during_a_burst_loses_nothing() {
     assert_eq!(depth(&app.config, &dlq(&app.config)).await, 0);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_render_longer_than_the_lease_keeps_its_lease_against_a_duplicate() {
+    let app = spawn_app_with(Options {
+        vars: vec![("ARTEFATOS_LEASE", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let first = start_worker(&app.config).await;
+    let second = start_worker(&app.config).await;
+    assert!(wait_for_consumers(&app.config, Format::Xlsx, 2).await);
+    // Several lease periods of rendering, and a duplicate message that the
+    // other worker keeps trying to claim meanwhile.
+    let job = post_job(&app, "xlsx", Some(crate::worker_support::big_body(60_000))).await;
+    let id = Uuid::parse_str(&job).unwrap();
+    Publisher::connect(&app.config)
+        .await
+        .unwrap()
+        .publish(id, Format::Xlsx)
+        .await
+        .unwrap();
+    let status = app.wait_for_status(&job, "done", DEADLINE).await;
+    let took = chrono::DateTime::parse_from_rfc3339(status["finished_at"].as_str().unwrap())
+        .unwrap()
+        - chrono::DateTime::parse_from_rfc3339(status["started_at"].as_str().unwrap()).unwrap();
+    assert!(
+        took > chrono::Duration::seconds(1),
+        "the attempt outlived one lease ({took}); make the document bigger"
+    );
+    assert_eq!(status["attempts"], 1, "renewed, never taken over: {status}");
+    let stopping = std::time::Instant::now();
+    first.shutdown().await;
+    second.shutdown().await;
+    // A delivery only waiting for another worker's lease is not held for the
+    // grace period (30 s by default).
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
