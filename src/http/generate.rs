@@ -28,6 +28,8 @@ use crate::storage::jobs::create::{Created, NewJob};
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
+/// Documents up to this size are validated on the request's own task.
+const INLINE_VALIDATION_BYTES: usize = 64 * 1024;
 /// Longest accepted filename, in characters (before the extension).
 const MAX_FILENAME_CHARS: usize = 200;
 
@@ -66,14 +68,19 @@ pub async fn generate(
         .ok_or_else(|| ApiError::InvalidRequest("`document` is required".into()))?;
     let filename = sanitize_filename(request.filename.as_deref().unwrap_or("document"), format);
 
-    // Validation is CPU work proportional to the document: off the async workers.
+    // Validation is CPU work proportional to the document: a large one goes
+    // off the async workers; a small one is cheaper than the thread hop.
     let limits = state.config.limits;
     let text = document.get().to_string();
-    let text = tokio::task::spawn_blocking(move || {
+    let text = if text.len() <= INLINE_VALIDATION_BYTES {
         render::validate(text.as_bytes(), &limits).map(|_| text)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
+    } else {
+        tokio::task::spawn_blocking(move || {
+            render::validate(text.as_bytes(), &limits).map(|_| text)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    }
     .map_err(ApiError::InvalidDocument)?;
 
     let fingerprint = fingerprint(format, &filename, document);
@@ -106,6 +113,11 @@ async fn accept(state: &AppState, new: NewJob) -> Result<(JobView, bool), ApiErr
         })) => {
             if fingerprint != fp_hex {
                 return Err(ApiError::IdempotencyKeyReused);
+            }
+            if let Ok(Some(job)) = state.cache.get_status(job_id).await
+                && job.client_id == new.client_id
+            {
+                return Ok((job, true));
             }
             if let Some(job) = state.jobs.get(job_id).await? {
                 return Ok((job, true));
@@ -146,13 +158,17 @@ async fn accept(state: &AppState, new: NewJob) -> Result<(JobView, bool), ApiErr
         Created::New(job) => {
             metrics::counter!(JOBS_CREATED, "format" => job.format.as_str()).increment(1);
             state.outbox.notify(job.id, job.format);
-            // Both writes are best effort: a miss only costs a PostgreSQL read.
-            let _ = tokio::join!(
-                state
-                    .cache
-                    .complete_key(new.client_id, &new.idempotency_key, job.id, &fp_hex),
-                state.cache.put_status(&job),
-            );
+            // Best effort: a miss only costs a PostgreSQL read.
+            let _ = state
+                .cache
+                .complete_key(
+                    new.client_id,
+                    &new.idempotency_key,
+                    job.id,
+                    &fp_hex,
+                    Some(&job),
+                )
+                .await;
             Ok((job, false))
         }
         Created::Existing { job, fingerprint } => {
@@ -161,7 +177,7 @@ async fn accept(state: &AppState, new: NewJob) -> Result<(JobView, bool), ApiErr
             }
             let _ = state
                 .cache
-                .complete_key(new.client_id, &new.idempotency_key, job.id, &fp_hex)
+                .complete_key(new.client_id, &new.idempotency_key, job.id, &fp_hex, None)
                 .await;
             Ok((job, true))
         }

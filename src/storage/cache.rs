@@ -127,25 +127,32 @@ impl Cache {
         result
     }
 
-    /// Records that `key` produced `job_id`, for the idempotency TTL.
+    /// Records that `key` produced `job_id`, for the idempotency TTL, and
+    /// writes the new job's status in the same round trip when given.
     pub async fn complete_key(
         &self,
         client: Uuid,
         key: &str,
         job_id: Uuid,
         fingerprint: &str,
+        status: Option<&JobView>,
     ) -> Result<(), CacheError> {
-        let redis_key = self.idempotency_key(client, key);
-        let value = format!("job:{job_id}:{fingerprint}");
-        let ttl = self.idempotency_ttl.as_secs().max(1);
-        self.run(
-            redis::cmd("SET")
-                .arg(&redis_key)
-                .arg(&value)
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.idempotency_key(client, key))
+            .arg(format!("job:{job_id}:{fingerprint}"))
+            .arg("EX")
+            .arg(self.idempotency_ttl.as_secs().max(1))
+            .ignore();
+        if let Some(job) = status {
+            pipe.cmd("SET")
+                .arg(self.status_key(job.id))
+                .arg(serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?)
                 .arg("EX")
-                .arg(ttl),
-        )
-        .await
+                .arg(self.status_ttl.as_secs().max(1))
+                .ignore();
+        }
+        self.execute(Op::Pipe(&mut pipe)).await
     }
 
     /// Gives a pending key back after the request failed, so a retry can proceed.
@@ -228,8 +235,13 @@ impl Cache {
         }
     }
 
-    /// Runs one operation with the deadline and the cool-off breaker.
+    /// Runs one command (see [`Cache::execute`]).
     async fn run<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, CacheError> {
+        self.execute(Op::Cmd(cmd)).await
+    }
+
+    /// Runs one command or pipeline with the deadline and the cool-off breaker.
+    async fn execute<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, CacheError> {
         if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
             return Err(CacheError::Unavailable(
                 "cooling off after a failure".into(),
@@ -241,7 +253,11 @@ impl Cache {
                 .get()
                 .await
                 .map_err(|e| CacheError::Unavailable(e.to_string()))?;
-            cmd.query_async(&mut *conn).await.map_err(CacheError::from)
+            match op {
+                Op::Cmd(cmd) => cmd.query_async(&mut *conn).await,
+                Op::Pipe(pipe) => pipe.query_async(&mut *conn).await,
+            }
+            .map_err(CacheError::from)
         };
         let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
             Ok(result) => result,
@@ -282,6 +298,12 @@ impl Cache {
     fn url_key(&self, job_id: Uuid) -> String {
         format!("{}:url:{job_id}", self.prefix)
     }
+}
+
+/// What [`Cache::execute`] sends.
+enum Op<'a> {
+    Cmd(&'a mut redis::Cmd),
+    Pipe(&'a mut redis::Pipeline),
 }
 
 fn parse_holder(value: &str) -> Result<Holder, CacheError> {
