@@ -48,6 +48,7 @@ async fn the_health_report_lists_every_actor_of_the_worker_role_running() {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
     assert!(health.actors.iter().all(|a| a.restarts == 0));
+    assert!(!worker.failed());
     let json = serde_json::to_value(&health).unwrap();
     assert_eq!(json["role"], "worker");
     assert!(json["actors"][0]["jobs_in_flight"].is_number());
@@ -60,6 +61,12 @@ async fn the_health_report_lists_every_actor_of_the_worker_role_running() {
             .find(|a| a.name == "root")
             .map(|a| a.state),
         Some(ActorState::Stopped)
+    );
+    assert!(!worker.failed(), "a requested stop is not a failure");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), worker.stopped())
+            .await
+            .is_ok()
     );
 }
 
