@@ -35,6 +35,8 @@ mod locale;
 pub mod model;
 mod parse;
 mod pdf;
+#[doc(hidden)]
+pub mod sample;
 mod xlsx;
 
 pub use parse::{EXCEL_MAX_COLUMNS, EXCEL_MAX_DATA_ROWS, MAX_SHEET_NAME_CHARS};

@@ -182,10 +182,16 @@ impl PdfSink {
             0.85,
         );
         for (c, lines) in table.header.iter().enumerate() {
-            let (x, _) = table.xs[c];
+            let (x, w) = table.xs[c];
+            let right = table.columns[c].kind.is_numeric();
             for (l, line) in lines.iter().enumerate() {
                 let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
-                self.text_at(x + CELL_PAD_X, baseline, line.clone());
+                let tx = if right {
+                    x + w - CELL_PAD_X - self.metrics.width(line, FONT_SIZE)
+                } else {
+                    x + CELL_PAD_X
+                };
+                self.text_at(tx, baseline, line.clone());
             }
         }
         self.hline(left, right, top - table.header_height);
@@ -220,18 +226,44 @@ impl PdfSink {
         if let Some(grey) = stripe {
             self.fill_rect(left, top - height, right_edge - left, height, grey);
         }
-        for (c, cell_lines) in lines.iter_mut().enumerate() {
-            let (x, w) = table.xs[c];
-            for (l, line) in cell_lines.drain(..).enumerate() {
-                let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
+        // One text operation per line of the row: cells after the first are
+        // placed with TJ offsets, which keeps a row's memory to its strings.
+        for l in 0..count {
+            let mut items: Vec<TextItem> = Vec::with_capacity(2 * lines.len());
+            let mut start = 0.0;
+            let mut pen: Option<f32> = None;
+            for (c, cell_lines) in lines.iter_mut().enumerate() {
+                let Some(line) = cell_lines.get_mut(l).map(std::mem::take) else {
+                    continue;
+                };
+                if line.is_empty() {
+                    continue;
+                }
+                let (x, w) = table.xs[c];
+                let width = self.metrics.width(&line, FONT_SIZE);
                 let tx = if right[c] {
-                    x + w - CELL_PAD_X - self.metrics.width(&line, FONT_SIZE)
+                    x + w - CELL_PAD_X - width
                 } else {
                     x + CELL_PAD_X
                 };
-                self.text_at(tx, baseline, line);
+                match pen {
+                    None => start = tx,
+                    // TJ numbers move the pen left by n/1000 em.
+                    Some(p) => items.push(TextItem::Offset(-(tx - p) * 1000.0 / FONT_SIZE)),
+                }
+                pen = Some(tx + width);
+                items.push(TextItem::Text(line));
+            }
+            if !items.is_empty() {
+                let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
+                let page = self.page();
+                page.text.push(Op::SetTextMatrix {
+                    matrix: TextMatrix::Translate(Pt(start), Pt(baseline)),
+                });
+                page.text.push(Op::ShowText { items });
             }
         }
+        lines.iter_mut().for_each(Vec::clear);
         self.y = top - height;
         self.table = Some(Table {
             rows_on_page: table.rows_on_page + 1,
