@@ -294,6 +294,34 @@ fn pdf_repeats_header_and_footer_on_every_page_with_unicode_text() {
     assert!(pages[n - 1].contains("266.800,00"), "sum {total} in pt-BR");
 }
 
+/// More pages than one printpdf batch (100 pages): the file is assembled
+/// from several batches and must still read as one numbered document.
+#[test]
+fn pdf_spanning_several_batches_numbers_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "long.pdf");
+    render_value(Format::Pdf, &sales(7_000, "en-US"), &out).unwrap();
+    let pages = pdf_pages_text(&out);
+    let n = pages.len();
+    assert!(
+        n > 100,
+        "7,000 rows should need more than one batch, got {n} pages"
+    );
+    for (i, text) in pages.iter().enumerate() {
+        assert!(
+            text.contains(&format!("Page {} of {n}", i + 1)),
+            "footer of page {}",
+            i + 1
+        );
+        assert!(text.contains("Cliente"), "header on page {}", i + 1);
+    }
+    assert!(pages[0].contains("Vendas Q3"));
+    assert!(
+        pages[n - 1].contains("Ltda 6999"),
+        "the last row is on the last page"
+    );
+}
+
 #[test]
 fn pdf_formats_numbers_and_dates_for_en_us_on_letter_landscape() {
     let mut doc = sales(3, "en-US");
