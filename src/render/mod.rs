@@ -18,6 +18,18 @@
 //! `jsonb` would not (it sorts `rows` before `columns`), so payloads are stored
 //! as `json`.
 //!
+//! # Defaults
+//! `locale` defaults to `en-US` (`pt-BR` and `en-US` are supported); `pdf`
+//! defaults to A4 portrait; a sheet without `name` is called `Sheet<n>`.
+//! Datetimes keep the wall-clock time as written and drop the offset, since
+//! spreadsheets have no time zones.
+//!
+//! # Memory
+//! XLSX streams rows into constant-memory worksheets. PDF renders in two
+//! passes over a temp-file copy of the input (lay out to count pages, then
+//! draw) and hands printpdf 100 pages at a time, so neither holds the
+//! document; see BENCHMARKS.md for the figures.
+//!
 //! # Limits
 //! [`Limits`] bound sheets, rows per sheet, columns and characters per text
 //! cell; whatever they say, a sheet also holds at most 1,048,575 data rows and
