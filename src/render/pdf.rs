@@ -615,6 +615,9 @@ impl Sink for PdfSink {
 
 impl PdfSink {
     fn set_size(&mut self, size: f32) {
+        if !self.drawing_pass() {
+            return;
+        }
         let font = self.font.clone();
         self.page().text.push(Op::SetFont {
             font,
