@@ -625,3 +625,38 @@ impl PdfSink {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ELLIPSIS, FONT_SIZE, Metrics, ellipsize, wrap};
+
+    #[test]
+    fn wrapping_measures_real_glyph_widths() {
+        let metrics = Metrics::load().unwrap();
+        // Same character count, very different widths in DejaVu Sans.
+        let narrow = "iiii iiii iiii iiii";
+        let wide = "WWWW WWWW WWWW WWWW";
+        let width = metrics.width("WWWW WWWW", FONT_SIZE) + 1.0;
+        assert_eq!(wrap(&metrics, narrow, width, 3), vec![narrow.to_string()]);
+        let lines = wrap(&metrics, wide, width, 3);
+        assert_eq!(
+            lines,
+            vec!["WWWW WWWW".to_string(), "WWWW WWWW".to_string()]
+        );
+        for line in &lines {
+            assert!(metrics.width(line, FONT_SIZE) <= width);
+        }
+    }
+
+    #[test]
+    fn text_past_the_line_limit_ends_with_an_ellipsis_that_fits() {
+        let metrics = Metrics::load().unwrap();
+        let width = 60.0;
+        let lines = wrap(&metrics, &"palavra ".repeat(50), width, 3);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2].ends_with(ELLIPSIS));
+        assert!(lines.iter().all(|l| metrics.width(l, FONT_SIZE) <= width));
+        let cut = ellipsize(&metrics, "1.234.567.890,00", 20.0);
+        assert!(cut.ends_with(ELLIPSIS) && metrics.width(&cut, FONT_SIZE) <= 20.0);
+    }
+}
