@@ -9,53 +9,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use artefatos::render::{Format, Limits, render};
-
-const KINDS: [&str; 5] = ["text", "number", "integer", "date", "boolean"];
-const WORDS: [&str; 6] = [
-    "Açaí Ltda",
-    "São Paulo",
-    "Ñandú",
-    "Ελληνικά",
-    "Кириллица",
-    "Pão de Queijo e Cia",
-];
-
-fn write_document(path: &PathBuf, rows: u64, columns: usize) -> std::io::Result<()> {
-    let mut w = BufWriter::new(File::create(path)?);
-    write!(
-        w,
-        r#"{{"title":"Benchmark","locale":"pt-BR","pdf":{{"page_size":"A4","orientation":"landscape"}},"sheets":[{{"name":"Dados","columns":["#
-    )?;
-    for c in 0..columns {
-        let sep = if c == 0 { "" } else { "," };
-        write!(
-            w,
-            r#"{sep}{{"title":"{} {c}","type":"{}"}}"#,
-            KINDS[c % 5],
-            KINDS[c % 5]
-        )?;
-    }
-    write!(w, r#"],"totals":{{"number 1":"sum"}},"rows":["#)?;
-    for r in 0..rows {
-        w.write_all(if r == 0 { b"[" } else { b",[" })?;
-        for c in 0..columns {
-            if c > 0 {
-                w.write_all(b",")?;
-            }
-            match KINDS[c % 5] {
-                "text" => write!(w, r#""{} {r}""#, WORDS[(r as usize + c) % WORDS.len()])?,
-                "number" => write!(w, "{}.{}", r * 7 % 100_000, r % 100)?,
-                "integer" => write!(w, "{}", r * 13 % 1000)?,
-                "date" => write!(w, r#""2026-{:02}-{:02}""#, r % 12 + 1, r % 28 + 1)?,
-                _ => write!(w, "{}", r % 2 == 0)?,
-            }
-        }
-        w.write_all(b"]")?;
-    }
-    w.write_all(b"]}]}")?;
-    w.flush()
-}
+use artefatos::render::{Format, Limits, render, sample};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -75,13 +29,16 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| dir.path().join(format!("out.{format}")));
 
     let started = Instant::now();
-    write_document(&json, rows, columns)?;
+    let mut writer = BufWriter::new(File::create(&json)?);
+    sample::write_document(&mut writer, rows, columns)?;
+    writer.flush()?;
+    drop(writer);
     let generated = started.elapsed();
     let started = Instant::now();
     let summary = render(format, File::open(&json)?, &Limits::default(), &out)?;
     let rendered = started.elapsed();
     println!(
-        "{format}: {} rows × {columns} columns in {} sheet(s); JSON {} bytes written in {:.2?}; rendered in {:.2?} to {} bytes",
+        "{format}: {} rows x {columns} columns in {} sheet(s); JSON {} bytes written in {:.2?}; rendered in {:.2?} to {} bytes",
         summary.rows,
         summary.sheets,
         std::fs::metadata(&json)?.len(),

@@ -273,6 +273,33 @@ async fn upload(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::ValidationError;
+
+    #[test]
+    fn data_errors_fail_at_once_and_outages_are_retried() {
+        let invalid = AttemptError::Render(RenderError::Invalid(ValidationError {
+            path: "sheets[0].rows".into(),
+            message: "too many rows".into(),
+        }));
+        assert!(invalid.is_permanent());
+        assert_eq!(invalid.code(), "invalid_document");
+
+        let outage = AttemptError::Storage(BlobError::Unavailable("refused".into()));
+        assert!(!outage.is_permanent());
+        assert_eq!(outage.code(), "storage_failed");
+
+        let denied = AttemptError::Storage(BlobError::Other("access denied".into()));
+        assert!(denied.is_permanent(), "repeating cannot change the answer");
+
+        let disk = AttemptError::Render(RenderError::Io(std::io::Error::other("disk full")));
+        assert!(!disk.is_permanent());
+        assert!(!AttemptError::Internal("uploader stopped".into()).is_permanent());
+    }
+}
+
 /// The test-only renderer fault hook (feature `fault-injection`): a document
 /// whose title contains `fault:panic-once:<token>` panics the renderer actor
 /// the first time this process sees that token, so tests can watch a crashed

@@ -87,6 +87,8 @@ pub(crate) fn parse<'de, R: serde_json::de::Read<'de>>(
         }),
         Err(e) => Err(match ctx.abort.take() {
             Some(abort) => abort,
+            // Reading the payload failed: not the document's fault, retryable.
+            None if e.is_io() => RenderError::Io(e.into()),
             None => RenderError::Invalid(ValidationError {
                 path: ctx.loc.path(),
                 message: e.to_string(),
