@@ -206,7 +206,7 @@ async fn work(ctx: &Ctx, ticket: &Ticket, view: &JobView) -> Result<Artifact, At
     let key = artifact_key(ticket.job_id, ticket.format);
     let meta = ArtifactMeta {
         content_type: ticket.format.content_type().to_string(),
-        content_disposition: crate::http::download::content_disposition(&view.filename),
+        content_disposition: crate::storage::blobs::content_disposition(&view.filename),
     };
     let started = Instant::now();
     let stored = upload(ctx, &key, &out, meta).await?;

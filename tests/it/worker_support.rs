@@ -18,7 +18,7 @@ use crate::support::{TestApp, generate_body, poll_until};
 
 /// Starts a worker tree (role `worker`) on the app's configuration.
 pub async fn start_worker(config: &Config) -> WorkerHandle {
-    let pool = db::connect(&config.database_url, 8)
+    let pool = db::connect(&config.database_url, config.db_pool_size)
         .await
         .expect("worker pool");
     let cache = Cache::from_config(config).expect("cache");

@@ -111,6 +111,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("ARTEFATOS_LISTEN".into(), "127.0.0.1:0".into()),
         ("ARTEFATOS_NAMESPACE".into(), format!("t{id}")),
         ("ARTEFATOS_RETRY_DELAYS".into(), "200ms,400ms,800ms".into()),
+        // Tests run side by side against one PostgreSQL (100 connections).
+        ("ARTEFATOS_DB_POOL_SIZE".into(), "6".into()),
     ]);
     for (name, value) in options.vars {
         vars.insert(name.to_string(), value);
@@ -145,7 +147,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .await;
     });
 
-    let pool = db::connect(&direct_db_url, 4).await.expect("test pool");
+    let pool = db::connect(&direct_db_url, 3).await.expect("test pool");
     let key = keys::create(&pool, &format!("client-{id}"))
         .await
         .expect("api key");
