@@ -146,7 +146,7 @@ fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
             ], "rows": [
                 {"Taxa": 0.25, "Quando": "2026-07-01T14:30:00-03:00"},
                 {"N": 7}
-            ], "totals": {"N": "max", "Taxa": "average"}}
+            ], "totals": {"N": "max", "Taxa": "average", "Quando": "count"}}
         ]
     });
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +180,11 @@ fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
         formulas.get_value((3, 1)).cloned().unwrap_or_default(),
         "AVERAGE(B2:B3)"
     );
+    let count = formulas.get_value((3, 0)).cloned().unwrap_or_default();
+    assert_eq!(count, "COUNT(A2:A3)");
+    // Cached results, for readers that do not recalculate.
+    assert_eq!(dos.get_value((3, 0)), Some(&Data::Float(1.0)));
+    assert_eq!(dos.get_value((3, 2)), Some(&Data::Float(7.0)));
 }
 
 fn pdf_pages_text(path: &Path) -> Vec<String> {

@@ -6,7 +6,7 @@ use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format, Formula, Workbook, Worksheet};
 
 use super::RenderError;
-use super::model::{Cell, Column, ColumnType, DocSettings, Total};
+use super::model::{Cell, Column, ColumnType, DocSettings, Total, TotalFn};
 use super::parse::Sink;
 
 /// Widest column (in characters) the content estimate picks, so one long
@@ -198,7 +198,11 @@ impl Sink for XlsxSink {
             }
             for (c, total) in totals.iter().enumerate() {
                 let Some(total) = total else { continue };
-                let format = sheet.formats[c].clone().set_bold();
+                // A count is a plain number, even under a date column.
+                let format = match total.function {
+                    TotalFn::Count => Format::new().set_bold().set_num_format("0"),
+                    _ => sheet.formats[c].clone().set_bold(),
+                };
                 if rows == 0 {
                     // A formula over no rows would reference itself.
                     ws.write_number_with_format(row, c as u16, 0.0, &format)?;
