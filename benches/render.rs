@@ -3,7 +3,7 @@
 use std::hint::black_box;
 
 use artefatos::render::sample;
-use artefatos::render::{Format, Limits, render};
+use artefatos::render::{Format, Limits, render, render_slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const XLSX_ROWS: u64 = 100_000;
@@ -26,6 +26,10 @@ fn benches(c: &mut Criterion) {
     group.bench_function("render", |b| {
         let out = dir.path().join("render.xlsx");
         b.iter(|| render(Format::Xlsx, black_box(xlsx_doc.as_slice()), &limits, &out).unwrap())
+    });
+    group.bench_function("render_slice", |b| {
+        let out = dir.path().join("render_slice.xlsx");
+        b.iter(|| render_slice(Format::Xlsx, black_box(&xlsx_doc), &limits, &out).unwrap())
     });
     group.bench_function("rust_xlsxwriter_direct", |b| {
         let out = dir.path().join("direct.xlsx");

@@ -1,7 +1,8 @@
 //! Generates a document of N rows × M columns as a JSON file, then renders it, so `/usr/bin/time -v` can measure peak memory.
 //!
 //! Usage: `cargo run --release --example render_rows -- <xlsx|pdf|xlsx-direct> <rows> <columns> [out]`
-//! (`xlsx-direct` writes the same cells with rust_xlsxwriter by hand: the baseline.)
+//! (`xlsx-direct` writes the same cells with rust_xlsxwriter by hand: the baseline;
+//! `xlsx-slice` / `pdf-slice` read the JSON into memory and call `render_slice`.)
 //! The JSON is written row by row and rendering reads it from the file, the
 //! way a worker streams a payload: neither step holds the rows in memory.
 
@@ -10,18 +11,24 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use artefatos::render::{Format, Limits, render, sample};
+use artefatos::render::{Format, Limits, render, render_slice, sample};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        anyhow::bail!("usage: render_rows <xlsx|pdf> <rows> <columns> [out]");
+        anyhow::bail!(
+            "usage: render_rows <xlsx|pdf|xlsx-slice|pdf-slice|xlsx-direct> <rows> <columns> [out]"
+        );
     }
     let direct = args[1] == "xlsx-direct";
+    let slice = args[1].ends_with("-slice");
     let format: Format = args[1]
         .trim_end_matches("-direct")
+        .trim_end_matches("-slice")
         .parse()
-        .map_err(|()| anyhow::anyhow!("format must be xlsx, pdf or xlsx-direct"))?;
+        .map_err(|()| {
+            anyhow::anyhow!("format must be xlsx, pdf, xlsx-slice, pdf-slice or xlsx-direct")
+        })?;
     let rows: u64 = args[2].parse()?;
     let columns: usize = args[3].parse()?;
     let dir = tempfile::tempdir()?;
@@ -48,11 +55,17 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let summary = render(format, File::open(&json)?, &Limits::default(), &out)?;
+    let summary = if slice {
+        let bytes = std::fs::read(&json)?;
+        render_slice(format, &bytes, &Limits::default(), &out)?
+    } else {
+        render(format, File::open(&json)?, &Limits::default(), &out)?
+    };
     let rendered = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
     println!(
-        "{format}: {} rows x {columns} columns in {} sheet(s); JSON {} bytes written in {:.2?}; rendered in {:.2?} wall, {cpu:.2} s CPU, to {} bytes",
+        "{}: {} rows x {columns} columns in {} sheet(s); JSON {} bytes written in {:.2?}; rendered in {:.2?} wall, {cpu:.2} s CPU, to {} bytes",
+        args[1],
         summary.rows,
         summary.sheets,
         std::fs::metadata(&json)?.len(),

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use artefatos::render::{Format, Limits, RenderError, Summary, render, validate};
+use artefatos::render::{Format, Limits, RenderError, Summary, render, render_slice, validate};
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -677,6 +677,34 @@ fn validation_reports_syntax_errors_with_the_row() {
     let err = validate(doc, &Limits::default()).unwrap_err();
     assert_eq!(err.path, "sheets[0].rows[2]");
     assert!(err.message.contains("line 1"), "{err}");
+}
+
+/// The in-memory path writes the same files as the streaming one.
+#[test]
+fn render_slice_writes_what_render_writes() {
+    let bytes = serde_json::to_vec(&sales(300, "pt-BR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let streamed = out_path(&dir, &format!("streamed.{format}"));
+        let sliced = out_path(&dir, &format!("sliced.{format}"));
+        let a = render(format, bytes.as_slice(), &Limits::default(), &streamed).unwrap();
+        let b = render_slice(format, &bytes, &Limits::default(), &sliced).unwrap();
+        assert_eq!(a, b);
+        if format == Format::Pdf {
+            assert_eq!(pdf_pages_text(&streamed), pdf_pages_text(&sliced));
+        } else {
+            let sheet = "xl/worksheets/sheet1.xml";
+            assert_eq!(xlsx_part(&streamed, sheet), xlsx_part(&sliced, sheet));
+        }
+    }
+    let err = render_slice(
+        Format::Pdf,
+        b"{\"sheets\": []}",
+        &Limits::default(),
+        &dir.path().join("x"),
+    )
+    .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
 }
 
 #[test]
