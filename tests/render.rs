@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use artefatos::render::{Format, Limits, RenderError, Summary, render, validate};
+use artefatos::render::{Format, Limits, RenderError, Summary, render, render_slice, validate};
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -146,7 +146,7 @@ fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
             ], "rows": [
                 {"Taxa": 0.25, "Quando": "2026-07-01T14:30:00-03:00"},
                 {"N": 7}
-            ], "totals": {"N": "max", "Taxa": "average"}}
+            ], "totals": {"N": "max", "Taxa": "average", "Quando": "count"}}
         ]
     });
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +180,11 @@ fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
         formulas.get_value((3, 1)).cloned().unwrap_or_default(),
         "AVERAGE(B2:B3)"
     );
+    let count = formulas.get_value((3, 0)).cloned().unwrap_or_default();
+    assert_eq!(count, "COUNT(A2:A3)");
+    // Cached results, for readers that do not recalculate.
+    assert_eq!(dos.get_value((3, 0)), Some(&Data::Float(1.0)));
+    assert_eq!(dos.get_value((3, 2)), Some(&Data::Float(7.0)));
 }
 
 fn pdf_pages_text(path: &Path) -> Vec<String> {
@@ -672,6 +677,34 @@ fn validation_reports_syntax_errors_with_the_row() {
     let err = validate(doc, &Limits::default()).unwrap_err();
     assert_eq!(err.path, "sheets[0].rows[2]");
     assert!(err.message.contains("line 1"), "{err}");
+}
+
+/// The in-memory path writes the same files as the streaming one.
+#[test]
+fn render_slice_writes_what_render_writes() {
+    let bytes = serde_json::to_vec(&sales(300, "pt-BR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let streamed = out_path(&dir, &format!("streamed.{format}"));
+        let sliced = out_path(&dir, &format!("sliced.{format}"));
+        let a = render(format, bytes.as_slice(), &Limits::default(), &streamed).unwrap();
+        let b = render_slice(format, &bytes, &Limits::default(), &sliced).unwrap();
+        assert_eq!(a, b);
+        if format == Format::Pdf {
+            assert_eq!(pdf_pages_text(&streamed), pdf_pages_text(&sliced));
+        } else {
+            let sheet = "xl/worksheets/sheet1.xml";
+            assert_eq!(xlsx_part(&streamed, sheet), xlsx_part(&sliced, sheet));
+        }
+    }
+    let err = render_slice(
+        Format::Pdf,
+        b"{\"sheets\": []}",
+        &Limits::default(),
+        &dir.path().join("x"),
+    )
+    .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
 }
 
 #[test]

@@ -203,36 +203,90 @@ pub fn render(
     limits: &Limits,
     out: &Path,
 ) -> Result<Summary, RenderError> {
+    let reader = BufReader::with_capacity(1 << 16, document);
     match format {
-        Format::Xlsx => {
-            let mut de =
-                serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 16, document));
-            let mut sink = xlsx::XlsxSink::new();
-            let parsed = parse::parse(&mut de, limits, &mut sink)?;
-            sink.finish(parsed.title.as_deref(), out)?;
-            Ok(parsed.summary)
-        }
+        Format::Xlsx => render_xlsx(serde_json::Deserializer::from_reader(reader), limits, out),
         Format::Pdf => {
             // Pass one lays out (to count pages) while spooling the input to
             // an anonymous temporary file; pass two reads the spool and draws.
             let mut spool = Tee {
-                inner: BufReader::with_capacity(1 << 16, document),
+                inner: reader,
                 copy: std::io::BufWriter::new(tempfile::tempfile()?),
             };
-            let mut de = serde_json::Deserializer::from_reader(&mut spool);
-            let mut layout = pdf::PdfSink::layout_only()?;
-            let parsed = parse::parse(&mut de, limits, &mut layout)?;
+            let (pages, title) =
+                layout_pdf(serde_json::Deserializer::from_reader(&mut spool), limits)?;
             let mut file = spool.copy.into_inner().map_err(|e| e.into_error())?;
             file.seek(SeekFrom::Start(0))?;
-            let mut de =
-                serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 16, file));
-            let mut sink =
-                pdf::PdfSink::drawing(out, layout.page_count(), parsed.title.as_deref())?;
-            let drawn = parse::parse(&mut de, limits, &mut sink)?;
-            sink.finish()?;
-            Ok(drawn.summary)
+            let reader = BufReader::with_capacity(1 << 16, file);
+            draw_pdf(
+                serde_json::Deserializer::from_reader(reader),
+                limits,
+                out,
+                pages,
+                title,
+            )
         }
     }
+}
+
+/// [`render`] for a payload already in memory (a worker's row from
+/// PostgreSQL): same rules and output, but parsing a slice is about twice as
+/// fast as parsing a stream, and the PDF needs no spool file.
+pub fn render_slice(
+    format: Format,
+    document: &[u8],
+    limits: &Limits,
+    out: &Path,
+) -> Result<Summary, RenderError> {
+    match format {
+        Format::Xlsx => render_xlsx(serde_json::Deserializer::from_slice(document), limits, out),
+        Format::Pdf => {
+            let (pages, title) =
+                layout_pdf(serde_json::Deserializer::from_slice(document), limits)?;
+            draw_pdf(
+                serde_json::Deserializer::from_slice(document),
+                limits,
+                out,
+                pages,
+                title,
+            )
+        }
+    }
+}
+
+fn render_xlsx<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: &Limits,
+    out: &Path,
+) -> Result<Summary, RenderError> {
+    let mut sink = xlsx::XlsxSink::new();
+    let parsed = parse::parse(&mut de, limits, &mut sink)?;
+    sink.finish(parsed.title.as_deref(), out)?;
+    Ok(parsed.summary)
+}
+
+/// The PDF's first pass: validates and lays out, returning the page count
+/// and title the second pass needs.
+fn layout_pdf<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: &Limits,
+) -> Result<(usize, Option<String>), RenderError> {
+    let mut layout = pdf::PdfSink::layout_only()?;
+    let parsed = parse::parse(&mut de, limits, &mut layout)?;
+    Ok((layout.page_count(), parsed.title))
+}
+
+fn draw_pdf<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: &Limits,
+    out: &Path,
+    pages: usize,
+    title: Option<String>,
+) -> Result<Summary, RenderError> {
+    let mut sink = pdf::PdfSink::drawing(out, pages, title.as_deref())?;
+    let drawn = parse::parse(&mut de, limits, &mut sink)?;
+    sink.finish()?;
+    Ok(drawn.summary)
 }
 
 /// Copies what it reads into `copy`, so the PDF renderer can read a stream twice.
