@@ -2,7 +2,6 @@
 //! blocking thread, upload, commit — with the lease renewed all along. The
 //! renderer actor runs it; it returns how the delivery must be settled.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -230,7 +229,9 @@ async fn render_blocking(
 ) -> Result<(), AttemptError> {
     let limits = ctx.config.limits;
     let joined = tokio::task::spawn_blocking(move || {
-        render::render(format, Cursor::new(payload.into_bytes()), &limits, &out).map(|_| ())
+        // The payload is already in memory: the slice path skips the reader
+        // (and, for PDF, the temp-file copy its second pass would need).
+        render::render_slice(format, payload.as_bytes(), &limits, &out).map(|_| ())
     })
     .await;
     match joined {
