@@ -32,6 +32,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Actors(#[from] ActorError),
+    #[error("the actor tree stopped: an actor exceeded its restart intensity")]
+    TreeFailed,
 }
 
 /// What `GET /health/actors` serves; the HTTP layer sees only this trait.
@@ -56,15 +58,10 @@ impl Application {
         // Before the first request, so no measurement is lost.
         crate::metrics::recorder();
         db::ensure_database(&config.database_url).await?;
-        let pool = db::connect(&config.database_url, 32).await?;
+        let pool = db::connect(&config.database_url, config.db_pool_size).await?;
         db::migrate(&pool).await?;
 
-        let cache = Cache::new(
-            &config.redis_url,
-            &config.namespace,
-            config.idempotency_ttl,
-            config.status_cache_ttl,
-        )?;
+        let cache = Cache::from_config(&config)?;
         let blobs = Blobs::from_config(&config.storage).await?;
         if let Err(e) = blobs.ensure_bucket().await {
             tracing::warn!(error = %e, "artifact storage unavailable at start; continuing degraded");
@@ -116,19 +113,35 @@ impl Application {
         Ok(self)
     }
 
-    /// Serves until `shutdown` resolves; then drains open connections and
-    /// stops the actor tree (in-flight jobs get `ARTEFATOS_SHUTDOWN_GRACE`).
+    /// Serves until `shutdown` resolves (or the actor tree gives up past its
+    /// restart intensity); then drains open connections and stops the tree
+    /// (in-flight jobs get `ARTEFATOS_SHUTDOWN_GRACE`). A tree that gave up is
+    /// an error, so the process exits non-zero and its orchestrator restarts it.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let router = http::router(self.state);
+        let watched = self.tree.clone();
+        let stop = async move {
+            match watched {
+                Some(tree) => tokio::select! {
+                    _ = shutdown => {}
+                    _ = tree.stopped() => tracing::error!("the actor tree gave up; stopping"),
+                },
+                None => shutdown.await,
+            }
+        };
         let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stop)
             .await
             .map_err(AppError::Serve);
         if let Some(tree) = self.tree {
+            let failed = tree.failed();
             tree.shutdown().await;
+            if failed {
+                return Err(AppError::TreeFailed);
+            }
         }
         served
     }

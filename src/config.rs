@@ -80,6 +80,8 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub database_url: String,
+    /// Most PostgreSQL connections this process opens.
+    pub db_pool_size: u32,
     pub redis_url: String,
     pub amqp_url: String,
     pub listen: SocketAddr,
@@ -176,6 +178,7 @@ impl Config {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/artefatos",
             ),
+            db_pool_size: parse(vars, "ARTEFATOS_DB_POOL_SIZE", 32)?,
             redis_url: or("REDIS_URL", "redis://127.0.0.1:6379"),
             amqp_url: or("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             listen: parse(
@@ -195,7 +198,7 @@ impl Config {
                 concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 2)?,
                 retry_delays,
                 job_ttl: duration(vars, "ARTEFATOS_JOB_TTL", secs(24 * 3600))?,
-                lease: duration(vars, "ARTEFATOS_LEASE", secs(30))?,
+                lease: duration(vars, "ARTEFATOS_LEASE", secs(20))?,
                 shutdown_grace: duration(vars, "ARTEFATOS_SHUTDOWN_GRACE", secs(30))?,
                 retention: duration(vars, "ARTEFATOS_RETENTION", secs(7 * 24 * 3600))?,
                 queue_type,

@@ -206,12 +206,7 @@ async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
         }
         DlqCommand::Replay { job, all: _ } => {
             let outcomes = storage::dlq::replay(&channel, &topology, &pool, job).await?;
-            let cache = Cache::new(
-                &config.redis_url,
-                &config.namespace,
-                config.idempotency_ttl,
-                config.status_cache_ttl,
-            )?;
+            let cache = Cache::from_config(&config)?;
             for (id, outcome) in &outcomes {
                 if let Ok(Some(view)) = jobs::lifecycle::view(&pool, *id).await {
                     let _ = cache.put_status(&view).await;

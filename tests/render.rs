@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use artefatos::render::{Format, Limits, RenderError, Summary, render, validate};
+use artefatos::render::{Format, Limits, RenderError, Summary, render, render_slice, validate};
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -146,7 +146,7 @@ fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
             ], "rows": [
                 {"Taxa": 0.25, "Quando": "2026-07-01T14:30:00-03:00"},
                 {"N": 7}
-            ], "totals": {"N": "max", "Taxa": "average"}}
+            ], "totals": {"N": "max", "Taxa": "average", "Quando": "count"}}
         ]
     });
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +180,11 @@ fn xlsx_writes_one_worksheet_per_sheet_with_object_rows_and_nulls() {
         formulas.get_value((3, 1)).cloned().unwrap_or_default(),
         "AVERAGE(B2:B3)"
     );
+    let count = formulas.get_value((3, 0)).cloned().unwrap_or_default();
+    assert_eq!(count, "COUNT(A2:A3)");
+    // Cached results, for readers that do not recalculate.
+    assert_eq!(dos.get_value((3, 0)), Some(&Data::Float(1.0)));
+    assert_eq!(dos.get_value((3, 2)), Some(&Data::Float(7.0)));
 }
 
 fn pdf_pages_text(path: &Path) -> Vec<String> {
@@ -294,6 +299,34 @@ fn pdf_repeats_header_and_footer_on_every_page_with_unicode_text() {
     assert!(pages[n - 1].contains("266.800,00"), "sum {total} in pt-BR");
 }
 
+/// More pages than one printpdf batch (100 pages): the file is assembled
+/// from several batches and must still read as one numbered document.
+#[test]
+fn pdf_spanning_several_batches_numbers_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "long.pdf");
+    render_value(Format::Pdf, &sales(7_000, "en-US"), &out).unwrap();
+    let pages = pdf_pages_text(&out);
+    let n = pages.len();
+    assert!(
+        n > 100,
+        "7,000 rows should need more than one batch, got {n} pages"
+    );
+    for (i, text) in pages.iter().enumerate() {
+        assert!(
+            text.contains(&format!("Page {} of {n}", i + 1)),
+            "footer of page {}",
+            i + 1
+        );
+        assert!(text.contains("Cliente"), "header on page {}", i + 1);
+    }
+    assert!(pages[0].contains("Vendas Q3"));
+    assert!(
+        pages[n - 1].contains("Ltda 6999"),
+        "the last row is on the last page"
+    );
+}
+
 #[test]
 fn pdf_formats_numbers_and_dates_for_en_us_on_letter_landscape() {
     let mut doc = sales(3, "en-US");
@@ -376,6 +409,54 @@ fn render_reports_io_errors_as_retryable() {
     assert!(!err.is_permanent(), "{err}");
     let err = render_value(Format::Pdf, &sales(1, "en-US"), out).unwrap_err();
     assert!(!err.is_permanent(), "{err}");
+}
+
+/// A payload whose reading fails half-way is an I/O problem, worth a retry,
+/// not an invalid document.
+#[test]
+fn render_reports_a_failing_input_stream_as_retryable() {
+    struct Broken(Vec<u8>);
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("connection reset"));
+            }
+            let n = buf.len().min(self.0.len()).min(64);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.drain(..n);
+            Ok(n)
+        }
+    }
+    let mut bytes = serde_json::to_vec(&sales(20, "pt-BR")).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let out = out_path(&dir, format.as_str());
+        let err = render(format, Broken(bytes.clone()), &Limits::default(), &out).unwrap_err();
+        assert!(matches!(err, RenderError::Io(_)), "{format}: {err}");
+        assert!(!err.is_permanent());
+    }
+}
+
+#[test]
+fn pdf_gives_each_sheet_its_own_titled_section() {
+    let col = json!([{"title": "Produto", "type": "text"}, {"title": "Preço", "type": "number"}]);
+    let doc = json!({"locale": "pt-BR", "sheets": [
+        {"name": "Frutas", "columns": col, "rows": [["Açaí", 12.5], ["Caju", 3]]},
+        {"name": "Legumes", "columns": col, "rows": [["Chuchu", 1]], "totals": {"Preço": "sum"}}
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_path(&dir, "sections.pdf");
+    let summary = render_value(Format::Pdf, &doc, &out).unwrap();
+    assert_eq!(summary, Summary { sheets: 2, rows: 3 });
+    let pages = pdf_pages_text(&out);
+    assert_eq!(pages.len(), 2, "each sheet starts a page");
+    assert!(pages[0].contains("Frutas") && pages[0].contains("Açaí") && pages[0].contains("12,50"));
+    assert!(!pages[0].contains("Legumes"));
+    assert!(
+        pages[1].contains("Legumes") && pages[1].contains("Chuchu") && pages[1].contains("Preço")
+    );
+    assert!(pages[1].contains("Página 2 de 2"));
 }
 
 /// Every validation error, with its exact message.
@@ -596,6 +677,34 @@ fn validation_reports_syntax_errors_with_the_row() {
     let err = validate(doc, &Limits::default()).unwrap_err();
     assert_eq!(err.path, "sheets[0].rows[2]");
     assert!(err.message.contains("line 1"), "{err}");
+}
+
+/// The in-memory path writes the same files as the streaming one.
+#[test]
+fn render_slice_writes_what_render_writes() {
+    let bytes = serde_json::to_vec(&sales(300, "pt-BR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let streamed = out_path(&dir, &format!("streamed.{format}"));
+        let sliced = out_path(&dir, &format!("sliced.{format}"));
+        let a = render(format, bytes.as_slice(), &Limits::default(), &streamed).unwrap();
+        let b = render_slice(format, &bytes, &Limits::default(), &sliced).unwrap();
+        assert_eq!(a, b);
+        if format == Format::Pdf {
+            assert_eq!(pdf_pages_text(&streamed), pdf_pages_text(&sliced));
+        } else {
+            let sheet = "xl/worksheets/sheet1.xml";
+            assert_eq!(xlsx_part(&streamed, sheet), xlsx_part(&sliced, sheet));
+        }
+    }
+    let err = render_slice(
+        Format::Pdf,
+        b"{\"sheets\": []}",
+        &Limits::default(),
+        &dir.path().join("x"),
+    )
+    .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
 }
 
 #[test]

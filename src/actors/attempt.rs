@@ -2,7 +2,6 @@
 //! blocking thread, upload, commit — with the lease renewed all along. The
 //! renderer actor runs it; it returns how the delivery must be settled.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -206,7 +205,7 @@ async fn work(ctx: &Ctx, ticket: &Ticket, view: &JobView) -> Result<Artifact, At
     let key = artifact_key(ticket.job_id, ticket.format);
     let meta = ArtifactMeta {
         content_type: ticket.format.content_type().to_string(),
-        content_disposition: crate::http::download::content_disposition(&view.filename),
+        content_disposition: crate::storage::blobs::content_disposition(&view.filename),
     };
     let started = Instant::now();
     let stored = upload(ctx, &key, &out, meta).await?;
@@ -230,7 +229,9 @@ async fn render_blocking(
 ) -> Result<(), AttemptError> {
     let limits = ctx.config.limits;
     let joined = tokio::task::spawn_blocking(move || {
-        render::render(format, Cursor::new(payload.into_bytes()), &limits, &out).map(|_| ())
+        // The payload is already in memory: the slice path skips the reader
+        // (and, for PDF, the temp-file copy its second pass would need).
+        render::render_slice(format, payload.as_bytes(), &limits, &out).map(|_| ())
     })
     .await;
     match joined {
@@ -270,6 +271,33 @@ async fn upload(
         Ok(CallResult::SenderError) | Err(_) => Err(AttemptError::Internal(
             "uploader stopped during the upload".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::ValidationError;
+
+    #[test]
+    fn data_errors_fail_at_once_and_outages_are_retried() {
+        let invalid = AttemptError::Render(RenderError::Invalid(ValidationError {
+            path: "sheets[0].rows".into(),
+            message: "too many rows".into(),
+        }));
+        assert!(invalid.is_permanent());
+        assert_eq!(invalid.code(), "invalid_document");
+
+        let outage = AttemptError::Storage(BlobError::Unavailable("refused".into()));
+        assert!(!outage.is_permanent());
+        assert_eq!(outage.code(), "storage_failed");
+
+        let denied = AttemptError::Storage(BlobError::Other("access denied".into()));
+        assert!(denied.is_permanent(), "repeating cannot change the answer");
+
+        let disk = AttemptError::Render(RenderError::Io(std::io::Error::other("disk full")));
+        assert!(!disk.is_permanent());
+        assert!(!AttemptError::Internal("uploader stopped".into()).is_permanent());
     }
 }
 

@@ -73,7 +73,11 @@ impl Drop for Link {
         if let Some(connection) = self.connection.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
+            let channel = self.channel.clone();
             runtime.spawn(async move {
+                // Channel first, then connection: closing both at once makes
+                // lapin log a spurious connection error.
+                let _ = channel.close(200, "consumer stopped".into()).await;
                 let _ = connection.close(200, "consumer stopped".into()).await;
             });
         }
@@ -84,6 +88,8 @@ struct Held {
     ticket: Ticket,
     acker: Acker,
     properties: BasicProperties,
+    /// Waiting for another worker's lease, not in the pool.
+    deferred: bool,
 }
 
 pub(crate) struct ConsumerState {
@@ -187,6 +193,7 @@ impl ConsumerState {
                 ticket: ticket.clone(),
                 acker: delivery.acker,
                 properties: delivery.properties,
+                deferred: false,
             },
         );
         self.publish_in_flight();
@@ -195,7 +202,11 @@ impl ConsumerState {
 
     async fn settle(&mut self, myself: &ActorRef<ConsumerMsg>, tag: u64, settle: Settle) {
         if let Settle::Defer(wait) = settle {
-            if self.held.contains_key(&tag) {
+            if self.draining {
+                // Nothing is being done for it here: give it back at once.
+                self.requeue(tag).await;
+            } else if let Some(held) = self.held.get_mut(&tag) {
+                held.deferred = true;
                 let epoch = self.epoch;
                 myself.send_after(wait, move || ConsumerMsg::Redispatch { epoch, tag });
             }
@@ -228,6 +239,21 @@ impl ConsumerState {
         };
         if let Err(err) = result {
             warn!(%job_id, error = %err, "delivery not settled; the broker will redeliver it");
+        }
+    }
+
+    /// Gives one delivery back to the broker (nack with requeue).
+    async fn requeue(&mut self, tag: u64) {
+        if let Some(held) = self.held.remove(&tag) {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            if let Err(err) = held.acker.nack(requeue).await {
+                let job_id = held.ticket.job_id;
+                warn!(%job_id, error = %err, "requeue failed; the broker requeues on close");
+            }
+            self.publish_in_flight();
         }
     }
 
@@ -361,11 +387,15 @@ impl Actor for Consumer {
                 }
             }
             ConsumerMsg::Redispatch { epoch, tag } => {
-                if epoch == state.epoch
-                    && !state.draining
-                    && let Some(held) = state.held.get(&tag)
-                {
-                    state.dispatch(&myself, held.ticket.clone());
+                if epoch != state.epoch {
+                    return Ok(());
+                }
+                if state.draining {
+                    state.requeue(tag).await;
+                } else if let Some(held) = state.held.get_mut(&tag) {
+                    held.deferred = false;
+                    let ticket = held.ticket.clone();
+                    state.dispatch(&myself, ticket);
                 }
             }
             ConsumerMsg::RedispatchAll => {
@@ -383,6 +413,17 @@ impl Actor for Consumer {
                         .channel
                         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                         .await;
+                }
+                // Deliveries waiting on another worker's lease are not work in
+                // progress: they go back now, not after the grace period.
+                let deferred: Vec<u64> = state
+                    .held
+                    .iter()
+                    .filter(|(_, h)| h.deferred)
+                    .map(|(tag, _)| *tag)
+                    .collect();
+                for tag in deferred {
+                    state.requeue(tag).await;
                 }
                 let _ = reply.send(());
             }

@@ -20,6 +20,7 @@ mod ticket;
 mod uploader;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
@@ -83,6 +84,8 @@ pub struct WorkerHandle {
     role: Role,
     root: ActorRef<RootMsg>,
     join: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Set by `shutdown`: tells a requested stop from a failed tree.
+    stop_requested: AtomicBool,
 }
 
 /// Starts the tree for `role`. Returns once every child has been spawned;
@@ -116,6 +119,7 @@ pub async fn start(role: Role, deps: WorkerDeps) -> Result<WorkerHandle, ActorEr
         role,
         root,
         join: std::sync::Mutex::new(Some(join)),
+        stop_requested: AtomicBool::new(false),
     })
 }
 
@@ -127,7 +131,7 @@ impl WorkerHandle {
         if let Some(root) = actors.iter_mut().find(|a| a.name == "root")
             && !matches!(self.root.get_status(), ractor::ActorStatus::Running)
         {
-            root.state = if self.ctx.shutting_down() {
+            root.state = if self.stop_requested.load(Ordering::SeqCst) {
                 ActorState::Stopped
             } else {
                 ActorState::Failed
@@ -140,6 +144,20 @@ impl WorkerHandle {
         }
     }
 
+    /// Resolves when the tree has stopped on its own: a child exceeded its
+    /// restart intensity and the root gave up. The binary selects on this
+    /// next to its shutdown signal and exits non-zero, so the orchestrator
+    /// restarts the process. Resolves after `shutdown` too.
+    pub async fn stopped(&self) {
+        let _ = self.root.get_cell().wait(None).await;
+    }
+
+    /// True when the tree stopped without `shutdown` having been called.
+    pub fn failed(&self) -> bool {
+        !self.stop_requested.load(Ordering::SeqCst)
+            && !matches!(self.root.get_status(), ractor::ActorStatus::Running)
+    }
+
     /// The lease owner name this process writes into the jobs it claims.
     pub fn worker_id(&self) -> &str {
         &self.ctx.worker_id
@@ -149,6 +167,7 @@ impl WorkerHandle {
     /// `shutdown_grace`, requeue what is left (nack with requeue, lease given
     /// back), then stop every actor. Idempotent.
     pub async fn shutdown(&self) {
+        self.stop_requested.store(true, Ordering::SeqCst);
         let grace = self.ctx.config.worker.shutdown_grace;
         let consumers = self.ctx.peers.consumers();
         for consumer in &consumers {

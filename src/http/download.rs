@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::Client;
 use super::error::ApiError;
 use super::status::load;
+use crate::storage::blobs::content_disposition;
 use crate::storage::cache::CachedUrl;
 use crate::storage::jobs::{JobStatus, JobView, artifact_key};
 
@@ -126,41 +127,4 @@ fn job_key(job: &JobView) -> String {
     job.artifact_key
         .clone()
         .unwrap_or_else(|| artifact_key(job.id, job.format))
-}
-
-/// `attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266).
-pub fn content_disposition(filename: &str) -> String {
-    let ascii: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .filter(|c| !matches!(c, '"' | '\\'))
-        .collect();
-    let mut encoded = String::new();
-    for byte in filename.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dispositions_carry_both_names() {
-        assert_eq!(
-            content_disposition("Vendas São.xlsx"),
-            "attachment; filename=\"Vendas S_o.xlsx\"; filename*=UTF-8''Vendas%20S%C3%A3o.xlsx"
-        );
-    }
 }

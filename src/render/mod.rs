@@ -18,13 +18,25 @@
 //! `jsonb` would not (it sorts `rows` before `columns`), so payloads are stored
 //! as `json`.
 //!
+//! # Defaults
+//! `locale` defaults to `en-US` (`pt-BR` and `en-US` are supported); `pdf`
+//! defaults to A4 portrait; a sheet without `name` is called `Sheet<n>`.
+//! Datetimes keep the wall-clock time as written and drop the offset, since
+//! spreadsheets have no time zones.
+//!
+//! # Memory
+//! XLSX streams rows into constant-memory worksheets. PDF renders in two
+//! passes over a temp-file copy of the input (lay out to count pages, then
+//! draw) and hands printpdf 100 pages at a time, so neither holds the
+//! document; see BENCHMARKS.md for the figures.
+//!
 //! # Limits
 //! [`Limits`] bound sheets, rows per sheet, columns and characters per text
 //! cell; whatever they say, a sheet also holds at most 1,048,575 data rows and
 //! 16,384 columns, because that is what a worksheet can store.
 
 use std::fmt;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -35,6 +47,9 @@ mod locale;
 pub mod model;
 mod parse;
 mod pdf;
+mod pdf_file;
+#[doc(hidden)]
+pub mod sample;
 mod xlsx;
 
 pub use parse::{EXCEL_MAX_COLUMNS, EXCEL_MAX_DATA_ROWS, MAX_SHEET_NAME_CHARS};
@@ -188,19 +203,102 @@ pub fn render(
     limits: &Limits,
     out: &Path,
 ) -> Result<Summary, RenderError> {
-    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 16, document));
+    let reader = BufReader::with_capacity(1 << 16, document);
     match format {
-        Format::Xlsx => {
-            let mut sink = xlsx::XlsxSink::new();
-            let parsed = parse::parse(&mut de, limits, &mut sink)?;
-            sink.finish(parsed.title.as_deref(), out)?;
-            Ok(parsed.summary)
-        }
+        Format::Xlsx => render_xlsx(serde_json::Deserializer::from_reader(reader), limits, out),
         Format::Pdf => {
-            let mut sink = pdf::PdfSink::new()?;
-            let parsed = parse::parse(&mut de, limits, &mut sink)?;
-            sink.finish(parsed.title.as_deref(), out)?;
-            Ok(parsed.summary)
+            // Pass one lays out (to count pages) while spooling the input to
+            // an anonymous temporary file; pass two reads the spool and draws.
+            let mut spool = Tee {
+                inner: reader,
+                copy: std::io::BufWriter::new(tempfile::tempfile()?),
+            };
+            let (pages, title) =
+                layout_pdf(serde_json::Deserializer::from_reader(&mut spool), limits)?;
+            let mut file = spool.copy.into_inner().map_err(|e| e.into_error())?;
+            file.seek(SeekFrom::Start(0))?;
+            let reader = BufReader::with_capacity(1 << 16, file);
+            draw_pdf(
+                serde_json::Deserializer::from_reader(reader),
+                limits,
+                out,
+                pages,
+                title,
+            )
         }
+    }
+}
+
+/// [`render`] for a payload already in memory (a worker's row from
+/// PostgreSQL): same rules and output, but parsing a slice is about twice as
+/// fast as parsing a stream, and the PDF needs no spool file.
+pub fn render_slice(
+    format: Format,
+    document: &[u8],
+    limits: &Limits,
+    out: &Path,
+) -> Result<Summary, RenderError> {
+    match format {
+        Format::Xlsx => render_xlsx(serde_json::Deserializer::from_slice(document), limits, out),
+        Format::Pdf => {
+            let (pages, title) =
+                layout_pdf(serde_json::Deserializer::from_slice(document), limits)?;
+            draw_pdf(
+                serde_json::Deserializer::from_slice(document),
+                limits,
+                out,
+                pages,
+                title,
+            )
+        }
+    }
+}
+
+fn render_xlsx<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: &Limits,
+    out: &Path,
+) -> Result<Summary, RenderError> {
+    let mut sink = xlsx::XlsxSink::new();
+    let parsed = parse::parse(&mut de, limits, &mut sink)?;
+    sink.finish(parsed.title.as_deref(), out)?;
+    Ok(parsed.summary)
+}
+
+/// The PDF's first pass: validates and lays out, returning the page count
+/// and title the second pass needs.
+fn layout_pdf<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: &Limits,
+) -> Result<(usize, Option<String>), RenderError> {
+    let mut layout = pdf::PdfSink::layout_only()?;
+    let parsed = parse::parse(&mut de, limits, &mut layout)?;
+    Ok((layout.page_count(), parsed.title))
+}
+
+fn draw_pdf<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    limits: &Limits,
+    out: &Path,
+    pages: usize,
+    title: Option<String>,
+) -> Result<Summary, RenderError> {
+    let mut sink = pdf::PdfSink::drawing(out, pages, title.as_deref())?;
+    let drawn = parse::parse(&mut de, limits, &mut sink)?;
+    sink.finish()?;
+    Ok(drawn.summary)
+}
+
+/// Copies what it reads into `copy`, so the PDF renderer can read a stream twice.
+struct Tee<R, W> {
+    inner: R,
+    copy: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
     }
 }

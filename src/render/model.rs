@@ -193,8 +193,8 @@ impl Accumulator {
     }
 
     /// The value a spreadsheet would compute; empty ranges give 0, as
-    /// `SUM`, `MIN`, `MAX` and `COUNT` do (the parser refuses `average` of
-    /// nothing because Excel shows `#DIV/0!`).
+    /// `SUM`, `MIN`, `MAX` and `COUNT` do (Excel shows `#DIV/0!` for the
+    /// average of nothing; the PDF prints 0).
     pub fn result(&self, function: TotalFn) -> f64 {
         match function {
             TotalFn::Sum => self.sum,
@@ -211,8 +211,9 @@ impl Accumulator {
         }
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
+    /// Counts a value that has no magnitude to sum (a date).
+    pub fn count_one(&mut self) {
+        self.count += 1;
     }
 }
 

@@ -87,6 +87,8 @@ pub(crate) fn parse<'de, R: serde_json::de::Read<'de>>(
         }),
         Err(e) => Err(match ctx.abort.take() {
             Some(abort) => abort,
+            // Reading the payload failed: not the document's fault, retryable.
+            None if e.is_io() => RenderError::Io(e.into()),
             None => RenderError::Invalid(ValidationError {
                 path: ctx.loc.path(),
                 message: e.to_string(),
@@ -610,16 +612,7 @@ fn check_totals<E: de::Error>(
                 ),
             ));
         }
-        let acc = &accumulators[c];
-        let value = if f == TotalFn::Count && !column.kind.is_numeric() {
-            // COUNT counts numbers only: dates are numbers in a spreadsheet.
-            match column.kind {
-                ColumnType::Date | ColumnType::DateTime => acc.count() as f64,
-                _ => 0.0,
-            }
-        } else {
-            acc.result(f)
-        };
+        let value = accumulators[c].result(f);
         totals[c] = Some(Total { function: f, value });
     }
     Ok(totals)
@@ -716,7 +709,8 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_, '_, '_> {
                 if let Some(v) = cell.as_f64() {
                     acc.add(v);
                 } else if matches!(cell, Cell::Date(_) | Cell::DateTime(_)) {
-                    acc.add(0.0);
+                    // Dates are numbers to a spreadsheet's COUNT.
+                    acc.count_one();
                 }
             }
             if let Err(e) = ctx.sink.row(&state.cells) {

@@ -3,18 +3,22 @@
 //! Layout happens row by row as the parser streams: each row is measured with
 //! the embedded font's real glyph widths, wrapped (or ellipsized past
 //! [`MAX_LINES`]) and placed; a row that does not fit starts a new page that
-//! repeats the header. Only drawing operations are kept, compactly — one text
-//! operation per cell line — because printpdf needs every page before it can
-//! write the file, and the footer's page count is known only at the end.
+//! repeats the header.
+//!
+//! Memory stays bounded by rendering in two passes over the document: the
+//! first only lays out, to learn the page count the footer prints ("page X of
+//! N"); the second draws, and every [`BATCH_PAGES`] pages hands a batch to
+//! printpdf and streams it into the file (`pdf_file.rs`). printpdf holds one
+//! batch at a time, never the document.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
 use printpdf::{
     Color, Line, LinePoint, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle, PdfPage,
     PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem, TextMatrix,
 };
+
+use super::pdf_file::PdfFile;
 
 use super::RenderError;
 use super::font::{DEJAVU_SANS, Metrics};
@@ -37,6 +41,9 @@ const FOOTER_BAND: f32 = 14.0;
 /// Lines a cell may wrap to before the rest is cut with an ellipsis.
 pub(crate) const MAX_LINES: usize = 3;
 const ELLIPSIS: &str = "…";
+/// Pages printpdf holds at once: about 1 MB of drawing operations per 100
+/// pages, and one font subset per batch in the file (about 20 KB).
+pub(crate) const BATCH_PAGES: usize = 100;
 
 /// One finished or in-progress page: background shapes, then text.
 #[derive(Default)]
@@ -69,11 +76,46 @@ pub(crate) struct PdfSink {
     table: Option<Table>,
     /// Reused buffer for one row's wrapped cells.
     row_lines: Vec<Vec<String>>,
+    /// Pages started so far, in the whole document.
+    page_count: usize,
+    /// `None` in the layout-only pass.
+    output: Option<Output>,
+}
+
+/// Where the drawing pass writes, and what the layout pass learnt.
+struct Output {
+    file: PdfFile,
+    total_pages: usize,
+    title: Option<String>,
 }
 
 impl PdfSink {
+    /// A sink that only lays out, to count pages; nothing is drawn.
+    pub fn layout_only() -> Result<Self, RenderError> {
+        Self::new(None)
+    }
+
+    /// A sink that draws into `out`, knowing the page count and title the
+    /// layout pass found.
+    pub fn drawing(
+        out: &Path,
+        total_pages: usize,
+        title: Option<&str>,
+    ) -> Result<Self, RenderError> {
+        Self::new(Some(Output {
+            file: PdfFile::create(out)?,
+            total_pages,
+            title: title.map(str::to_string),
+        }))
+    }
+
+    /// Pages the document has (so far).
+    pub fn page_count(&self) -> usize {
+        self.page_count
+    }
+
     /// Loads the embedded font; fails only if the compiled-in font is broken.
-    pub fn new() -> Result<Self, RenderError> {
+    fn new(output: Option<Output>) -> Result<Self, RenderError> {
         let metrics = Metrics::load()?;
         let mut warnings = Vec::new();
         let font = ParsedFont::from_bytes(DEJAVU_SANS, 0, &mut warnings)
@@ -91,20 +133,39 @@ impl PdfSink {
             y: 0.0,
             table: None,
             row_lines: Vec::new(),
+            page_count: 0,
+            output,
         })
     }
 
-    fn start_page(&mut self) {
-        self.pages.push(Page::default());
-        self.y = self.height - MARGIN;
-        if self.pages.len() == 1 {
-            self.y -= TITLE_BAND;
+    fn drawing_pass(&self) -> bool {
+        self.output.is_some()
+    }
+
+    fn start_page(&mut self) -> Result<(), RenderError> {
+        if self.pages.len() >= BATCH_PAGES {
+            self.flush()?;
         }
+        if !self.drawing_pass() {
+            self.pages.clear();
+        }
+        self.pages.push(Page::default());
+        self.page_count += 1;
+        self.y = self.height - MARGIN;
+        if self.page_count == 1 {
+            self.y -= TITLE_BAND;
+            if let Some(title) = self.output.as_ref().and_then(|o| o.title.clone()) {
+                self.set_size(TITLE_SIZE);
+                self.text_at(MARGIN, self.height - MARGIN - TITLE_SIZE, title);
+                self.set_size(FONT_SIZE);
+            }
+        }
+        Ok(())
     }
 
     fn page(&mut self) -> &mut Page {
         if self.pages.is_empty() {
-            self.start_page();
+            self.pages.push(Page::default());
         }
         let last = self.pages.len() - 1;
         &mut self.pages[last]
@@ -115,6 +176,9 @@ impl PdfSink {
     }
 
     fn text_at(&mut self, x: f32, baseline: f32, text: String) {
+        if !self.drawing_pass() {
+            return;
+        }
         let page = self.page();
         page.text.push(Op::SetTextMatrix {
             matrix: TextMatrix::Translate(Pt(x), Pt(baseline)),
@@ -125,6 +189,9 @@ impl PdfSink {
     }
 
     fn fill_rect(&mut self, x: f32, y: f32, w: f32, h: f32, grey: f32) {
+        if !self.drawing_pass() {
+            return;
+        }
         let page = self.page();
         page.shapes.push(Op::SetFillColor {
             col: grey_color(grey),
@@ -142,6 +209,9 @@ impl PdfSink {
     }
 
     fn hline(&mut self, x0: f32, x1: f32, y: f32) {
+        if !self.drawing_pass() {
+            return;
+        }
         let page = self.page();
         page.shapes.push(Op::DrawLine {
             line: Line {
@@ -182,10 +252,16 @@ impl PdfSink {
             0.85,
         );
         for (c, lines) in table.header.iter().enumerate() {
-            let (x, _) = table.xs[c];
+            let (x, w) = table.xs[c];
+            let right = table.columns[c].kind.is_numeric();
             for (l, line) in lines.iter().enumerate() {
                 let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
-                self.text_at(x + CELL_PAD_X, baseline, line.clone());
+                let tx = if right {
+                    x + w - CELL_PAD_X - self.metrics.width(line, FONT_SIZE)
+                } else {
+                    x + CELL_PAD_X
+                };
+                self.text_at(tx, baseline, line.clone());
             }
         }
         self.hline(left, right, top - table.header_height);
@@ -196,22 +272,28 @@ impl PdfSink {
         });
     }
 
-    fn new_table_page(&mut self) {
-        self.start_page();
+    fn new_table_page(&mut self) -> Result<(), RenderError> {
+        self.start_page()?;
         self.draw_header();
+        Ok(())
     }
 
     /// Places one row of already wrapped cells; `right[c]` right-aligns.
-    fn place_row(&mut self, lines: &mut [Vec<String>], right: &[bool], shade: Option<f32>) {
+    fn place_row(
+        &mut self,
+        lines: &mut [Vec<String>],
+        right: &[bool],
+        shade: Option<f32>,
+    ) -> Result<(), RenderError> {
         let count = lines.iter().map(Vec::len).max().unwrap_or(1).max(1);
         let height = count as f32 * LINE_HEIGHT + 2.0 * CELL_PAD_Y;
         if self.y - height < self.bottom()
             && self.table.as_ref().is_some_and(|t| t.rows_on_page > 0)
         {
-            self.new_table_page();
+            self.new_table_page()?;
         }
         let Some(table) = self.table.take() else {
-            return;
+            return Ok(());
         };
         let top = self.y;
         let left = table.xs[0].0;
@@ -220,67 +302,78 @@ impl PdfSink {
         if let Some(grey) = stripe {
             self.fill_rect(left, top - height, right_edge - left, height, grey);
         }
-        for (c, cell_lines) in lines.iter_mut().enumerate() {
-            let (x, w) = table.xs[c];
-            for (l, line) in cell_lines.drain(..).enumerate() {
-                let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
+        // One text operation per line of the row: cells after the first are
+        // placed with TJ offsets, which keeps a row's memory to its strings.
+        for l in 0..count {
+            let mut items: Vec<TextItem> = Vec::with_capacity(2 * lines.len());
+            let mut start = 0.0;
+            let mut pen: Option<f32> = None;
+            for (c, cell_lines) in lines.iter_mut().enumerate() {
+                let Some(line) = cell_lines.get_mut(l).map(std::mem::take) else {
+                    continue;
+                };
+                if line.is_empty() {
+                    continue;
+                }
+                let (x, w) = table.xs[c];
+                let width = self.metrics.width(&line, FONT_SIZE);
                 let tx = if right[c] {
-                    x + w - CELL_PAD_X - self.metrics.width(&line, FONT_SIZE)
+                    x + w - CELL_PAD_X - width
                 } else {
                     x + CELL_PAD_X
                 };
-                self.text_at(tx, baseline, line);
+                match pen {
+                    None => start = tx,
+                    // TJ numbers move the pen left by n/1000 em.
+                    Some(p) => items.push(TextItem::Offset(-(tx - p) * 1000.0 / FONT_SIZE)),
+                }
+                pen = Some(tx + width);
+                items.push(TextItem::Text(line));
+            }
+            if !items.is_empty() && self.drawing_pass() {
+                let baseline = top - CELL_PAD_Y - FONT_SIZE - l as f32 * LINE_HEIGHT + 1.0;
+                let page = self.page();
+                page.text.push(Op::SetTextMatrix {
+                    matrix: TextMatrix::Translate(Pt(start), Pt(baseline)),
+                });
+                page.text.push(Op::ShowText { items });
             }
         }
+        lines.iter_mut().for_each(Vec::clear);
         self.y = top - height;
         self.table = Some(Table {
             rows_on_page: table.rows_on_page + 1,
             ..table
         });
+        Ok(())
     }
 
-    /// Writes every page, with its footer, to `out`.
-    pub fn finish(self, title: Option<&str>, out: &Path) -> Result<(), RenderError> {
-        let mut warnings = Vec::new();
-        let mut doc = self.doc;
-        doc.metadata.info.document_title = title.unwrap_or_default().to_string();
-        let handle = self.font;
-        let total = self.pages.len();
+    /// Hands the pages drawn so far, with their footers, to printpdf and
+    /// streams the result into the file.
+    fn flush(&mut self) -> Result<(), RenderError> {
+        let Some(output) = self.output.as_mut() else {
+            self.pages.clear();
+            return Ok(());
+        };
+        let first = self.page_count - self.pages.len();
         let (w_mm, h_mm) = (Mm(self.width * 25.4 / 72.0), Mm(self.height * 25.4 / 72.0));
-        let mut pages = Vec::with_capacity(total);
-        for (i, page) in self.pages.into_iter().enumerate() {
+        let mut batch = Vec::with_capacity(self.pages.len());
+        for (i, page) in self.pages.drain(..).enumerate() {
             let mut ops = page.shapes;
-            ops.reserve(page.text.len() + 12);
+            ops.reserve(page.text.len() + 8);
             ops.push(Op::SetFillColor {
                 col: grey_color(0.0),
             });
             ops.push(Op::StartTextSection);
             ops.push(Op::SetFont {
-                font: handle.clone(),
+                font: self.font.clone(),
                 size: Pt(FONT_SIZE),
             });
             ops.extend(page.text);
-            if i == 0
-                && let Some(title) = title
-            {
-                ops.push(Op::SetFont {
-                    font: handle.clone(),
-                    size: Pt(TITLE_SIZE),
-                });
-                ops.push(Op::SetTextMatrix {
-                    matrix: TextMatrix::Translate(
-                        Pt(MARGIN),
-                        Pt(self.height - MARGIN - TITLE_SIZE),
-                    ),
-                });
-                ops.push(Op::ShowText {
-                    items: vec![TextItem::Text(title.to_string())],
-                });
-            }
-            let footer = locale::footer(i + 1, total, self.locale);
+            let footer = locale::footer(first + i + 1, output.total_pages, self.locale);
             let fw = self.metrics.width(&footer, FOOTER_SIZE);
             ops.push(Op::SetFont {
-                font: handle.clone(),
+                font: self.font.clone(),
                 size: Pt(FOOTER_SIZE),
             });
             ops.push(Op::SetTextMatrix {
@@ -290,20 +383,25 @@ impl PdfSink {
                 items: vec![TextItem::Text(footer)],
             });
             ops.push(Op::EndTextSection);
-            pages.push(PdfPage::new(w_mm, h_mm, ops));
+            batch.push(PdfPage::new(w_mm, h_mm, ops));
         }
-        doc.with_pages(pages);
-        let file = File::create(out)?;
-        let mut writer = CheckedWriter {
-            inner: BufWriter::new(file),
-            error: None,
-        };
-        doc.save_writer(&mut writer, &PdfSaveOptions::default(), &mut warnings);
-        if let Some(e) = writer.error.take() {
-            return Err(e.into());
+        self.doc.pages = batch;
+        let mut warnings = Vec::new();
+        let mut lo = self
+            .doc
+            .to_lopdf_document(&PdfSaveOptions::default(), &mut warnings);
+        self.doc.pages.clear();
+        lo.compress();
+        output.file.append(lo)
+    }
+
+    /// Writes the last batch and closes the file.
+    pub fn finish(mut self) -> Result<(), RenderError> {
+        self.flush()?;
+        match self.output.take() {
+            Some(output) => output.file.finish(output.title.as_deref().unwrap_or("")),
+            None => Ok(()),
         }
-        writer.inner.flush()?;
-        Ok(())
     }
 }
 
@@ -314,28 +412,6 @@ fn grey_color(level: f32) -> Color {
         b: level,
         icc_profile: None,
     })
-}
-
-/// Keeps the first write error, because printpdf's `save_writer` drops them.
-struct CheckedWriter<W: Write> {
-    inner: W,
-    error: Option<io::Error>,
-}
-
-impl<W: Write> Write for CheckedWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.inner.write(buf) {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                let copy = io::Error::new(e.kind(), e.to_string());
-                self.error.get_or_insert(e);
-                Err(copy)
-            }
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Breaks `text` into at most `max_lines` lines no wider than `width`
@@ -434,10 +510,8 @@ impl Sink for PdfSink {
                 Orientation::Portrait => (w, h),
                 Orientation::Landscape => (h, w),
             };
-            self.start_page();
-        } else {
-            self.start_page();
         }
+        self.start_page()?;
         // Section heading: the sheet's name.
         let baseline = self.y - SECTION_SIZE;
         self.set_size(SECTION_SIZE);
@@ -505,9 +579,9 @@ impl Sink for PdfSink {
                 lines[c] = wrap(&self.metrics, &text, inner, MAX_LINES);
             }
         }
-        self.place_row(&mut lines, &right, None);
+        let placed = self.place_row(&mut lines, &right, None);
         self.row_lines = lines;
-        Ok(())
+        placed
     }
 
     fn end_sheet(&mut self, _rows: u64, totals: &[Option<Total>]) -> Result<(), RenderError> {
@@ -532,7 +606,7 @@ impl Sink for PdfSink {
                     });
                 }
             }
-            self.place_row(&mut lines, &right, Some(0.85));
+            self.place_row(&mut lines, &right, Some(0.85))?;
         }
         self.table = None;
         Ok(())
@@ -541,10 +615,48 @@ impl Sink for PdfSink {
 
 impl PdfSink {
     fn set_size(&mut self, size: f32) {
+        if !self.drawing_pass() {
+            return;
+        }
         let font = self.font.clone();
         self.page().text.push(Op::SetFont {
             font,
             size: Pt(size),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ELLIPSIS, FONT_SIZE, Metrics, ellipsize, wrap};
+
+    #[test]
+    fn wrapping_measures_real_glyph_widths() {
+        let metrics = Metrics::load().unwrap();
+        // Same character count, very different widths in DejaVu Sans.
+        let narrow = "iiii iiii iiii iiii";
+        let wide = "WWWW WWWW WWWW WWWW";
+        let width = metrics.width("WWWW WWWW", FONT_SIZE) + 1.0;
+        assert_eq!(wrap(&metrics, narrow, width, 3), vec![narrow.to_string()]);
+        let lines = wrap(&metrics, wide, width, 3);
+        assert_eq!(
+            lines,
+            vec!["WWWW WWWW".to_string(), "WWWW WWWW".to_string()]
+        );
+        for line in &lines {
+            assert!(metrics.width(line, FONT_SIZE) <= width);
+        }
+    }
+
+    #[test]
+    fn text_past_the_line_limit_ends_with_an_ellipsis_that_fits() {
+        let metrics = Metrics::load().unwrap();
+        let width = 60.0;
+        let lines = wrap(&metrics, &"palavra ".repeat(50), width, 3);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2].ends_with(ELLIPSIS));
+        assert!(lines.iter().all(|l| metrics.width(l, FONT_SIZE) <= width));
+        let cut = ellipsize(&metrics, "1.234.567.890,00", 20.0);
+        assert!(cut.ends_with(ELLIPSIS) && metrics.width(&cut, FONT_SIZE) <= 20.0);
     }
 }

@@ -6,7 +6,7 @@ use chrono::{Datelike, NaiveDate, NaiveDateTime, Timelike};
 use rust_xlsxwriter::{DocProperties, ExcelDateTime, Format, Formula, Workbook, Worksheet};
 
 use super::RenderError;
-use super::model::{Cell, Column, ColumnType, DocSettings, Total};
+use super::model::{Cell, Column, ColumnType, DocSettings, Total, TotalFn};
 use super::parse::Sink;
 
 /// Widest column (in characters) the content estimate picks, so one long
@@ -24,7 +24,9 @@ pub(crate) struct XlsxSink {
 struct SheetWriter {
     index: usize,
     kinds: Vec<ColumnType>,
-    formats: Vec<Format>,
+    /// `None` for General: writing without a format skips the writer's
+    /// per-cell format lookup (a hash of the whole format).
+    formats: Vec<Option<Format>>,
     /// Widths given by the document; `None` means estimate from content.
     given_widths: Vec<Option<f64>>,
     /// Widest content seen so far, in characters.
@@ -63,18 +65,19 @@ impl XlsxSink {
 }
 
 /// The format a column's cells get: the document's, else one that shows the
-/// type (dates as dates, percents as percents).
-fn cell_format(column: &Column) -> Format {
+/// type (dates as dates, percents as percents), else none.
+fn cell_format(column: &Column) -> Option<Format> {
     let default = match column.kind {
         ColumnType::Date => Some("yyyy-mm-dd"),
         ColumnType::DateTime => Some("yyyy-mm-dd hh:mm:ss"),
         ColumnType::Percent => Some("0.00%"),
         _ => None,
     };
-    match column.format.as_deref().or(default) {
-        Some(f) => Format::new().set_num_format(f),
-        None => Format::new(),
-    }
+    column
+        .format
+        .as_deref()
+        .or(default)
+        .map(|f| Format::new().set_num_format(f))
 }
 
 fn excel_date(d: NaiveDate) -> Result<ExcelDateTime, RenderError> {
@@ -155,20 +158,28 @@ impl Sink for XlsxSink {
         let row = sheet.next_row;
         for (c, cell) in cells.iter().enumerate() {
             let col = c as u16;
-            let format = &sheet.formats[c];
-            match cell {
-                Cell::Null => continue,
-                Cell::Text(s) => ws.write_string_with_format(row, col, s, format)?,
-                Cell::Number(n) | Cell::Percent(n) => {
-                    ws.write_number_with_format(row, col, *n, format)?
+            let format = sheet.formats[c].as_ref();
+            match (cell, format) {
+                (Cell::Null, _) => continue,
+                (Cell::Text(s), None) => ws.write_string(row, col, s)?,
+                (Cell::Text(s), Some(f)) => ws.write_string_with_format(row, col, s, f)?,
+                (Cell::Number(n) | Cell::Percent(n), None) => ws.write_number(row, col, *n)?,
+                (Cell::Number(n) | Cell::Percent(n), Some(f)) => {
+                    ws.write_number_with_format(row, col, *n, f)?
                 }
-                Cell::Integer(i) => ws.write_number_with_format(row, col, *i as f64, format)?,
-                Cell::Boolean(b) => ws.write_boolean_with_format(row, col, *b, format)?,
-                Cell::Date(d) => {
-                    ws.write_datetime_with_format(row, col, excel_date(*d)?, format)?
+                (Cell::Integer(i), None) => ws.write_number(row, col, *i as f64)?,
+                (Cell::Integer(i), Some(f)) => {
+                    ws.write_number_with_format(row, col, *i as f64, f)?
                 }
-                Cell::DateTime(t) => {
-                    ws.write_datetime_with_format(row, col, excel_datetime(*t)?, format)?
+                (Cell::Boolean(b), None) => ws.write_boolean(row, col, *b)?,
+                (Cell::Boolean(b), Some(f)) => ws.write_boolean_with_format(row, col, *b, f)?,
+                (Cell::Date(d), None) => ws.write_datetime(row, col, excel_date(*d)?)?,
+                (Cell::Date(d), Some(f)) => {
+                    ws.write_datetime_with_format(row, col, excel_date(*d)?, f)?
+                }
+                (Cell::DateTime(t), None) => ws.write_datetime(row, col, excel_datetime(*t)?)?,
+                (Cell::DateTime(t), Some(f)) => {
+                    ws.write_datetime_with_format(row, col, excel_datetime(*t)?, f)?
                 }
             };
             if sheet.given_widths[c].is_none() {
@@ -198,7 +209,11 @@ impl Sink for XlsxSink {
             }
             for (c, total) in totals.iter().enumerate() {
                 let Some(total) = total else { continue };
-                let format = sheet.formats[c].clone().set_bold();
+                // A count is a plain number, even under a date column.
+                let format = match total.function {
+                    TotalFn::Count => Format::new().set_bold().set_num_format("0"),
+                    _ => sheet.formats[c].clone().unwrap_or_default().set_bold(),
+                };
                 if rows == 0 {
                     // A formula over no rows would reference itself.
                     ws.write_number_with_format(row, c as u16, 0.0, &format)?;

@@ -22,6 +22,10 @@ use crate::storage::jobs::JobView;
 pub const COOL_OFF: Duration = Duration::from_secs(2);
 /// Deadline of one Redis operation, connection included.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pooled Redis connections. Each is a multiplexed connection that is cloned
+/// out of the pool rather than held (see [`Cache::execute`]), so a few sockets
+/// carry every concurrent command, pipelined by the client.
+const POOL_SIZE: u32 = 4;
 /// How long a request may hold an idempotency key before anyone may retry it:
 /// a crashed API process must not block its key for the whole idempotency TTL.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -78,7 +82,7 @@ pub struct Cache {
 
 impl Cache {
     /// Builds the pool without connecting: the service starts while Redis is down.
-    pub fn new(
+    fn new(
         url: &str,
         namespace: &str,
         idempotency_ttl: Duration,
@@ -86,7 +90,7 @@ impl Cache {
     ) -> Result<Self, CacheError> {
         let manager = RedisConnectionManager::new(url).map_err(CacheError::Url)?;
         let pool = bb8::Pool::builder()
-            .max_size(32)
+            .max_size(POOL_SIZE)
             .connection_timeout(OP_TIMEOUT)
             .build_unchecked(manager);
         Ok(Cache {
@@ -96,6 +100,16 @@ impl Cache {
             status_ttl,
             down_until_ms: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The cache as the configuration describes it.
+    pub fn from_config(config: &crate::Config) -> Result<Self, CacheError> {
+        Self::new(
+            &config.redis_url,
+            &config.namespace,
+            config.idempotency_ttl,
+            config.status_cache_ttl,
+        )
     }
 
     /// Tries to take `key` for `client`; the holder is returned if it is taken.
@@ -248,14 +262,18 @@ impl Cache {
             ));
         }
         let attempt = async {
+            // bb8 keeps the connections alive and healthy; the command runs on
+            // a clone of one (a handle to the same socket), so the pooled
+            // connection goes back at once and concurrent requests share it.
             let mut conn = self
                 .pool
                 .get()
                 .await
-                .map_err(|e| CacheError::Unavailable(e.to_string()))?;
+                .map_err(|e| CacheError::Unavailable(e.to_string()))?
+                .clone();
             match op {
-                Op::Cmd(cmd) => cmd.query_async(&mut *conn).await,
-                Op::Pipe(pipe) => pipe.query_async(&mut *conn).await,
+                Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
             }
             .map_err(CacheError::from)
         };

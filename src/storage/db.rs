@@ -26,6 +26,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
+        .idle_timeout(Duration::from_secs(60))
         .connect_lazy_with(options.disable_statement_logging());
     Ok(pool)
 }

@@ -112,11 +112,14 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// Key digest → (owning client, or `None` for an unknown key; when looked up).
+type AuthCache = HashMap<[u8; 32], (Option<Uuid>, Instant)>;
+
 /// Resolves bearer secrets to client ids, with a short in-process cache.
 #[derive(Clone)]
 pub struct KeyRing {
     pool: PgPool,
-    cache: Arc<Mutex<HashMap<[u8; 32], (Option<Uuid>, Instant)>>>,
+    cache: Arc<Mutex<AuthCache>>,
 }
 
 impl KeyRing {

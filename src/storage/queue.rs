@@ -141,6 +141,17 @@ impl Topology {
             QueueType::Quorum => "quorum",
         };
         args.insert("x-queue-type".into(), long_string(kind));
+        if self.queue_type == QueueType::Quorum {
+            // Quorum queues dead-letter at most once by default: a message
+            // could vanish between a work queue and its retry queue. At least
+            // once (which needs reject-publish overflow) keeps it until the
+            // target confirms; a duplicate is harmless to the consumers.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
         if with_delivery_limit && self.queue_type == QueueType::Quorum {
             // A quorum queue counts redeliveries itself (RabbitMQ 4 defaults to 20
             // and then drops or dead-letters); set it deliberately, above our own

@@ -373,13 +373,7 @@ async fn a_key_held_by_a_request_in_flight_answers_409_with_retry_after() {
         serde_json::from_str(&body["document"].to_string()).unwrap();
     let fp = hex::encode(fingerprint(Format::Pdf, "Vendas Q3.pdf", &document));
     let client_id = app.client_id;
-    let cache = Cache::new(
-        "redis://127.0.0.1:6379",
-        &app.config.namespace,
-        app.config.idempotency_ttl,
-        app.config.status_cache_ttl,
-    )
-    .unwrap();
+    let cache = Cache::from_config(&app.config).unwrap();
     assert_eq!(
         cache
             .reserve_key(client_id, "in-flight", &fp)

@@ -11,7 +11,7 @@ use artefatos::storage::queue::{Publisher, Topology};
 use uuid::Uuid;
 
 use crate::support::{Options, TestApp, poll_until, spawn_app, spawn_app_with};
-use crate::worker_support::{depth, dlq, post_job, start_worker};
+use crate::worker_support::{depth, dlq, post_job, start_worker, wait_for_consumers};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -106,6 +106,7 @@ async fn several_workers_on_one_queue_share_the_jobs_and_do_each_once() {
         start_worker(&app.config).await,
         start_worker(&app.config).await,
     ];
+    assert!(wait_for_consumers(&app.config, Format::Xlsx, 3).await);
     let mut jobs = Vec::new();
     for _ in 0..30 {
         jobs.push(post_job(&app, "xlsx", None).await);
@@ -164,4 +165,45 @@ async fn a_worker_stopped_during_a_burst_loses_nothing() {
     );
     assert_eq!(depth(&app.config, &dlq(&app.config)).await, 0);
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_render_longer_than_the_lease_keeps_its_lease_against_a_duplicate() {
+    let app = spawn_app_with(Options {
+        vars: vec![("ARTEFATOS_LEASE", "1s".into())],
+        ..Default::default()
+    })
+    .await;
+    let first = start_worker(&app.config).await;
+    let second = start_worker(&app.config).await;
+    assert!(wait_for_consumers(&app.config, Format::Xlsx, 2).await);
+    // Several lease periods of rendering, and a duplicate message that the
+    // other worker keeps trying to claim meanwhile.
+    let job = post_job(&app, "xlsx", Some(crate::worker_support::big_body(60_000))).await;
+    let id = Uuid::parse_str(&job).unwrap();
+    Publisher::connect(&app.config)
+        .await
+        .unwrap()
+        .publish(id, Format::Xlsx)
+        .await
+        .unwrap();
+    let status = app.wait_for_status(&job, "done", DEADLINE).await;
+    let took = chrono::DateTime::parse_from_rfc3339(status["finished_at"].as_str().unwrap())
+        .unwrap()
+        - chrono::DateTime::parse_from_rfc3339(status["started_at"].as_str().unwrap()).unwrap();
+    assert!(
+        took > chrono::Duration::seconds(1),
+        "the attempt outlived one lease ({took}); make the document bigger"
+    );
+    assert_eq!(status["attempts"], 1, "renewed, never taken over: {status}");
+    let stopping = std::time::Instant::now();
+    first.shutdown().await;
+    second.shutdown().await;
+    // A delivery only waiting for another worker's lease is not held for the
+    // grace period (30 s by default).
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopping.elapsed()
+    );
 }

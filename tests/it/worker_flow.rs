@@ -24,6 +24,26 @@ async fn download(app: &crate::support::TestApp, job_id: &str) -> Vec<u8> {
     let url = response.headers()["location"].to_str().unwrap().to_string();
     let bytes = reqwest::get(&url).await.unwrap();
     assert_eq!(bytes.status(), 200);
+    let header = |name: &str| {
+        bytes
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let format: artefatos::render::Format = url
+        .split('?')
+        .next()
+        .and_then(|path| path.rsplit('.').next())
+        .and_then(|ext| ext.parse().ok())
+        .expect("the key ends with the format");
+    assert_eq!(header("content-type"), format.content_type());
+    assert!(
+        header("content-disposition").contains("Vendas Q3"),
+        "the browser saves it under the job's file name: {}",
+        header("content-disposition")
+    );
     bytes.bytes().await.unwrap().to_vec()
 }
 
@@ -37,6 +57,8 @@ async fn an_xlsx_job_is_rendered_stored_and_downloadable() {
 
     let bytes = download(&app, &job).await;
     use calamine::Reader;
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let length = bytes.len() as i64;
     let mut book = calamine::open_workbook_auto_from_rs(Cursor::new(bytes)).expect("opens as XLSX");
     let sheet = book.worksheet_range("Vendas").expect("sheet Vendas");
     let cells: Vec<String> = sheet
@@ -57,8 +79,12 @@ async fn an_xlsx_job_is_rendered_stored_and_downloadable() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert!(size.unwrap() > 0);
-    assert_eq!(sha.unwrap().len(), 64);
+    assert_eq!(size, Some(length), "the row records the stored size");
+    assert_eq!(
+        sha,
+        Some(digest),
+        "the row records the stored bytes' SHA-256"
+    );
     worker.shutdown().await;
 }
 

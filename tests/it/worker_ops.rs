@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use artefatos::actors::ActorState;
 use artefatos::metrics::recorder;
+use artefatos::render::Format;
+use artefatos::storage::queue::Topology;
 
 use crate::support::{Options, poll_until, spawn_app, spawn_app_with};
-use crate::worker_support::{post_job, start_worker};
+
+use crate::worker_support::{big_body, depth, dlq, post_job, start_worker};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -45,6 +48,7 @@ async fn the_health_report_lists_every_actor_of_the_worker_role_running() {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
     assert!(health.actors.iter().all(|a| a.restarts == 0));
+    assert!(!worker.failed());
     let json = serde_json::to_value(&health).unwrap();
     assert_eq!(json["role"], "worker");
     assert!(json["actors"][0]["jobs_in_flight"].is_number());
@@ -57,6 +61,12 @@ async fn the_health_report_lists_every_actor_of_the_worker_role_running() {
             .find(|a| a.name == "root")
             .map(|a| a.state),
         Some(ActorState::Stopped)
+    );
+    assert!(!worker.failed(), "a requested stop is not a failure");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), worker.stopped())
+            .await
+            .is_ok()
     );
 }
 
@@ -157,5 +167,79 @@ async fn a_worker_rides_out_a_broker_outage() {
     app.wait_for_status(&job, "done", Duration::from_secs(60))
         .await;
     assert!(poll_until(DEADLINE, consuming).await);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_job_finishing_during_a_broker_outage_is_acked_after_the_reconnect() {
+    let app = spawn_app_with(Options {
+        proxy_rabbitmq: true,
+        ..Default::default()
+    })
+    .await;
+    let worker = start_worker(&app.config).await;
+    let job = post_job(&app, "xlsx", Some(big_body(60_000))).await;
+    let pool = app.pool.clone();
+    let id = job.clone();
+    assert!(
+        poll_until(DEADLINE, || {
+            let (pool, id) = (pool.clone(), id.clone());
+            async move {
+                sqlx::query_scalar::<_, String>("SELECT status FROM jobs WHERE id = $1::uuid")
+                    .bind(&id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    == "processing"
+            }
+        })
+        .await
+    );
+    // The delivery's connection dies while the job renders: its ack is lost.
+    let proxy = app.rabbitmq_proxy.as_ref().unwrap();
+    proxy.cut();
+    let status = app.wait_for_status(&job, "done", DEADLINE).await;
+    proxy.restore();
+    // The broker redelivers the unacked message; the worker finds the job
+    // done and acks it without a second render.
+    let work = Topology::new(&app.config).work_queue(Format::Xlsx);
+    assert!(
+        poll_until(DEADLINE, || async {
+            depth(&app.config, &work).await == 0
+                && worker
+                    .health()
+                    .actors
+                    .iter()
+                    .filter(|a| a.name.starts_with("consumer."))
+                    .all(|a| a.jobs_in_flight == 0 && a.state == ActorState::Running)
+        })
+        .await
+    );
+    assert_eq!(status["attempts"], 1, "{status}");
+    assert_eq!(app.status(&job).await["attempts"], 1, "rendered once");
+    assert_eq!(depth(&app.config, &dlq(&app.config)).await, 0);
+    worker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_outage_only_costs_cache_freshness() {
+    let app = spawn_app_with(Options {
+        proxy_redis: true,
+        ..Default::default()
+    })
+    .await;
+    let worker = start_worker(&app.config).await;
+    app.redis_proxy.as_ref().unwrap().cut();
+    let job = post_job(&app, "pdf", None).await;
+    let status = app.wait_for_status(&job, "done", DEADLINE).await;
+    assert_eq!(status["attempts"], 1, "{status}");
+    let cache_writer = worker
+        .health()
+        .actors
+        .into_iter()
+        .find(|a| a.name == "cache_writer")
+        .expect("cache writer line");
+    assert_eq!(cache_writer.state, ActorState::Running);
+    assert_eq!(cache_writer.restarts, 0);
     worker.shutdown().await;
 }

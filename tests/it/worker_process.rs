@@ -8,11 +8,9 @@ use std::time::{Duration, Instant};
 
 use artefatos::Config;
 use artefatos::config::StorageConfig;
-use serde_json::{Value, json};
-use uuid::Uuid;
 
-use crate::support::{Options, TestApp, generate_body, poll_until, spawn_app_with};
-use crate::worker_support::{depth, dlq, post_job};
+use crate::support::{Options, TestApp, poll_until, spawn_app_with};
+use crate::worker_support::{big_body, depth, dlq, post_job, wait_for_consumers};
 
 const LEASE: &str = "3s";
 
@@ -122,14 +120,6 @@ async fn count(app: &TestApp, status: &str) -> i64 {
         .unwrap()
 }
 
-/// A document big enough that rendering it takes a while in a debug build.
-fn big_body(rows: usize) -> Value {
-    let mut body = generate_body("xlsx", &Uuid::new_v4().to_string());
-    let row = json!(["2026-07-01", "Açaí Ltda", 1234.5, 3, true]);
-    body["document"]["sheets"][0]["rows"] = Value::Array(vec![row; rows]);
-    body
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_job_loses_it_to_another_worker_within_the_lease() {
     let app = spawn_app_with(Options::default()).await;
@@ -235,6 +225,12 @@ async fn several_worker_processes_share_one_queue() {
         WorkerProcess::spawn(&app.config, &[]),
         WorkerProcess::spawn(&app.config, &[]),
     ];
+    assert!(
+        wait_for_consumers(&app.config, artefatos::render::Format::Pdf, 2).await,
+        "both workers consume; logs:\n{}\n{}",
+        workers[0].log(),
+        workers[1].log()
+    );
     let total = 40;
     for _ in 0..total {
         post_job(&app, "pdf", None).await;

@@ -184,3 +184,42 @@ impl Blobs {
         }
     }
 }
+
+/// `attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266).
+/// Shared by the uploader (stored with the object) and the download path
+/// (presigned URL override, streamed downloads), so both name the file alike.
+pub fn content_disposition(filename: &str) -> String {
+    let ascii: String = filename
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .filter(|c| !matches!(c, '"' | '\\'))
+        .collect();
+    let mut encoded = String::new();
+    for byte in filename.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions_carry_both_names() {
+        assert_eq!(
+            content_disposition("Vendas São.xlsx"),
+            "attachment; filename=\"Vendas S_o.xlsx\"; filename*=UTF-8''Vendas%20S%C3%A3o.xlsx"
+        );
+    }
+}

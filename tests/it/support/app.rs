@@ -50,6 +50,9 @@ pub struct TestApp {
     /// A direct pool on the test's database, to prove nothing was lost or doubled.
     pub pool: PgPool,
     pub config: Config,
+    /// The variables the app's configuration was read from (storage aside),
+    /// so a spawned `artefatos` process can be pointed at the same app.
+    pub env: HashMap<String, String>,
     pub s3: Option<S3Server>,
     pub postgres_proxy: Option<TcpProxy>,
     pub redis_proxy: Option<TcpProxy>,
@@ -66,7 +69,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// The app with the given options.
 pub async fn spawn_app_with(options: Options) -> TestApp {
-    artefatos::telemetry::init(false);
+    // Logs go through the test harness's capture: shown only for failures.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,sqlx=warn,lapin=warn")
+            }),
+        )
+        .try_init();
     let id = Uuid::new_v4().simple().to_string();
     let database = format!("artefatos_t_{id}");
 
@@ -100,6 +111,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         ("ARTEFATOS_LISTEN".into(), "127.0.0.1:0".into()),
         ("ARTEFATOS_NAMESPACE".into(), format!("t{id}")),
         ("ARTEFATOS_RETRY_DELAYS".into(), "200ms,400ms,800ms".into()),
+        // Tests run side by side against one PostgreSQL (100 connections).
+        ("ARTEFATOS_DB_POOL_SIZE".into(), "6".into()),
     ]);
     for (name, value) in options.vars {
         vars.insert(name.to_string(), value);
@@ -134,7 +147,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .await;
     });
 
-    let pool = db::connect(&direct_db_url, 4).await.expect("test pool");
+    let pool = db::connect(&direct_db_url, 3).await.expect("test pool");
     let key = keys::create(&pool, &format!("client-{id}"))
         .await
         .expect("api key");
@@ -149,6 +162,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         client_id: key.client_id,
         pool,
         config,
+        env: vars,
         s3,
         postgres_proxy,
         redis_proxy,
