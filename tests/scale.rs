@@ -754,7 +754,9 @@ async fn poll(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
 /// One row per job, each `done` after exactly one claim, under the id the
 /// client got. Every departure is listed, not just the first.
 async fn verify_database(pool: &sqlx::PgPool, load: &Load, total: usize) -> Vec<String> {
-    let rows: Vec<(Uuid, String, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+    /// id, idempotency key, status, attempts, lease owner, error.
+    type Row = (Uuid, String, String, i32, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, idempotency_key, status, attempts, lease_owner, error FROM jobs",
     )
     .fetch_all(pool)
