@@ -124,6 +124,7 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
     );
 
     let figures = Figures::new(&load, &restarts, started, elapsed);
+    verify_replays(&load).await;
     // Every process stops gracefully (exit within its grace), so the cluster
     // ends as cleanly as it was restarted.
     cluster.stop().await;
@@ -140,7 +141,6 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
         );
     }
     verify_queues(&cluster.config, total).await;
-    verify_replays(&load).await;
     figures.print();
 }
 
@@ -890,16 +890,15 @@ async fn verify_queues(config: &Config, total: usize) {
     let _ = connection.close(200, "done".into()).await;
 }
 
-/// Every POST that needed a retry, sent once more: the same job, replayed.
+/// Every POST that needed a retry, and every 100th job, sent once more after
+/// the restarts: the same job, replayed (one key, one job, on either API).
 async fn verify_replays(load: &Load) {
-    let retried: Vec<usize> = {
-        let mut retried = load.retried.lock().unwrap().clone();
-        retried.sort_unstable();
-        retried.dedup();
-        retried
-    };
+    let mut indexes = load.retried.lock().unwrap().clone();
+    indexes.extend((0..load.total).step_by(100));
+    indexes.sort_unstable();
+    indexes.dedup();
     let job_ids = load.job_ids.lock().unwrap().clone();
-    for index in retried {
+    for index in indexes {
         let (_, body) = job_body(index);
         let response = load
             .http
@@ -915,11 +914,14 @@ async fn verify_replays(load: &Load) {
                 .headers()
                 .get("idempotent-replayed")
                 .map(|v| v.to_str().unwrap_or("")),
-            Some("true")
+            Some("true"),
+            "replay of job {index}"
         );
         let json: Value = response.json().await.expect("json");
         assert_eq!(
-            json["job_id"].as_str().map(|s| Uuid::parse_str(s).unwrap()),
+            json["job_id"]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok()),
             job_ids.get(&index).copied(),
             "the key scale-{index} names one job"
         );
