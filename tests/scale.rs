@@ -115,15 +115,17 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
     if let Some(error) = load.fatal_error() {
         panic!("{error}\n{}\n{}", load.report(), cluster.log_tails());
     }
-    assert_eq!(
-        load.completed.load(Ordering::SeqCst),
-        total,
-        "every job verified within {RUN_DEADLINE:?}\n{}\n{}",
-        load.report(),
-        cluster.log_tails()
-    );
+    if load.completed.load(Ordering::SeqCst) != total {
+        panic!(
+            "not every job verified within {RUN_DEADLINE:?}: {}\nunverified (API view vs PostgreSQL): {:#?}\n{}",
+            load.report(),
+            load.unverified(&pool).await,
+            cluster.log_tails()
+        );
+    }
 
-    let figures = Figures::new(&load, &restarts, started, elapsed);
+    let mut figures = Figures::new(&load, &restarts, started, elapsed);
+    figures.nginx_retries = cluster.nginx_retries();
     verify_replays(&load).await;
     // Every process stops gracefully (exit within its grace), so the cluster
     // ends as cleanly as it was restarted.
@@ -291,6 +293,20 @@ impl Cluster {
         out
     }
 
+    /// Upstream attempts nginx logged as failed (refused, or closed before a
+    /// response): each one it retried on the other API, unseen by the client.
+    fn nginx_retries(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("nginx.error.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                line.contains("[error]")
+                    && (line.contains("while connecting to upstream")
+                        || line.contains("prematurely closed connection"))
+            })
+            .count()
+    }
+
     fn assert_no_panics(&self) {
         for (name, text) in self.logs() {
             assert!(!text.contains("panicked"), "{name} logged a panic:\n{text}");
@@ -453,6 +469,30 @@ impl Load {
             self.retries_get.load(Ordering::SeqCst),
             self.fatal_error()
         )
+    }
+
+    /// Up to 10 jobs still waiting for `done`: the status the API last showed
+    /// next to PostgreSQL's row, to tell a stuck job from a stale cache.
+    async fn unverified(&self, pool: &sqlx::PgPool) -> Vec<String> {
+        let pending: Vec<Accepted> = self.pending.lock().await.iter().take(10).cloned().collect();
+        let mut out = Vec::new();
+        /// status, attempts, published_at, lease owner.
+        type Row = (String, i32, Option<DateTime<Utc>>, Option<String>);
+        for job in pending {
+            let row: Option<Row> = sqlx::query_as(
+                "SELECT status, attempts, published_at, lease_owner FROM jobs WHERE id = $1",
+            )
+            .bind(job.job_id)
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten();
+            out.push(format!(
+                "job {} (scale-{}): API rank {} (0 queued, 1 processing); PostgreSQL (status, attempts, published_at, lease_owner) {row:?}",
+                job.job_id, job.index, job.seen
+            ));
+        }
+        out
     }
 
     /// Takes job indexes in order and posts each until it is accepted. Wave
@@ -941,6 +981,8 @@ struct Figures {
     retries_get: usize,
     replayed: usize,
     requests: usize,
+    /// Requests nginx sent to the other API after one failed (its error log).
+    nginx_retries: usize,
 }
 
 impl Figures {
@@ -962,6 +1004,7 @@ impl Figures {
             retries_get: load.retries_get.load(Ordering::SeqCst),
             replayed: load.replayed_on_first_try.load(Ordering::SeqCst),
             requests: load.requests.load(Ordering::SeqCst),
+            nginx_retries: 0,
         }
     }
 
@@ -975,7 +1018,8 @@ impl Figures {
             .collect();
         eprintln!(
             "SCALE FIGURES: {} jobs through nginx in {:.1}s = {:.1} jobs/s (submitted in {:.1}s, drained {:.1}s after the last was accepted); \
-             {} restarts: {}; {} client requests, {} POST retries, {} GET retries, {} POSTs replayed by nginx on the other API; 0 failed",
+             {} restarts: {}; {} client requests, {} POST retries, {} GET retries, {} POSTs replayed by nginx on the other API; \
+             {} requests moved by nginx to the other API after a refused or closed connection; 0 failed",
             self.jobs,
             self.elapsed.as_secs_f64(),
             self.jobs as f64 / self.elapsed.as_secs_f64(),
@@ -987,6 +1031,7 @@ impl Figures {
             self.retries_post,
             self.retries_get,
             self.replayed,
+            self.nginx_retries,
         );
     }
 }

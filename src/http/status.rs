@@ -40,7 +40,15 @@ pub(super) async fn load(
     }
     let job = state.jobs.get(id).await?.ok_or(ApiError::NotFound)?;
     if job.client_id == client {
-        let _ = state.cache.put_status(&job).await;
+        // A final status is the newest there is (only an operator's DLQ
+        // replay moves it on): it replaces a stale entry. Any other may be
+        // older than a transition a worker wrote through meanwhile: it only
+        // fills an empty slot.
+        let _ = if job.status.is_final() {
+            state.cache.put_status(&job).await
+        } else {
+            state.cache.fill_status(&job).await
+        };
     }
     owned(job, client)
 }

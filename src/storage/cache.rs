@@ -142,7 +142,10 @@ impl Cache {
     }
 
     /// Records that `key` produced `job_id`, for the idempotency TTL, and
-    /// writes the new job's status in the same round trip when given.
+    /// writes the new job's status in the same round trip when given — only
+    /// into an empty slot (`NX`): the job is already published, so a fast
+    /// worker may have cached `processing` or `done` first, and this older
+    /// `queued` must not hide it until the TTL runs out.
     pub async fn complete_key(
         &self,
         client: Uuid,
@@ -164,6 +167,7 @@ impl Cache {
                 .arg(serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?)
                 .arg("EX")
                 .arg(self.status_ttl.as_secs().max(1))
+                .arg("NX")
                 .ignore();
         }
         self.execute(Op::Pipe(&mut pipe)).await
@@ -182,6 +186,27 @@ impl Cache {
         let ttl = self.status_ttl.as_secs().max(1);
         self.run(redis::cmd("SET").arg(&key).arg(&value).arg("EX").arg(ttl))
             .await
+    }
+
+    /// Caches a status read from PostgreSQL, only into an empty slot (`NX`):
+    /// a transition written through meanwhile is newer than what was read,
+    /// and wins. Transitions themselves use [`Cache::put_status`].
+    pub async fn fill_status(&self, job: &JobView) -> Result<(), CacheError> {
+        let key = self.status_key(job.id);
+        let value = serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
+        let ttl = self.status_ttl.as_secs().max(1);
+        // NX answers nil when the slot was taken: not an error.
+        let _: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("EX")
+                    .arg(ttl)
+                    .arg("NX"),
+            )
+            .await?;
+        Ok(())
     }
 
     /// The cached status of a job, if any.

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use artefatos::storage::blobs::{ArtifactMeta, Blobs};
+use artefatos::storage::cache::Cache;
 use artefatos::storage::jobs::artifact_key;
+use artefatos::storage::jobs::{self, JobStatus};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -117,6 +119,35 @@ async fn status_is_read_from_the_cache_first_and_repopulated_from_postgres() {
         .await
         .unwrap();
     assert!(cached.is_some_and(|c| c.contains("\"attempts\":7")));
+}
+
+#[tokio::test]
+async fn an_older_status_never_replaces_a_newer_one_in_the_cache() {
+    let app = spawn_app().await;
+    let id = create(&app, "pdf", "k").await;
+    finish_job(&app, &id, b"%PDF-1.7").await;
+    let job_id: uuid::Uuid = id.parse().unwrap();
+    let done = jobs::lifecycle::view(&app.pool, job_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut queued = done.clone();
+    queued.status = JobStatus::Queued;
+    let cache = Cache::from_config(&app.config).unwrap();
+    // A fast worker writes `done` through before the API that created the job
+    // caches its `queued` (the job is published first): `queued` must not win.
+    cache.put_status(&done).await.unwrap();
+    cache
+        .complete_key(app.client_id, "k", job_id, "fp", Some(&queued))
+        .await
+        .unwrap();
+    assert_eq!(app.status(&id).await["status"], "done");
+    // Nor may a read-through that read PostgreSQL before the transition.
+    cache.fill_status(&queued).await.unwrap();
+    assert_eq!(app.status(&id).await["status"], "done");
+    // A transition still overwrites (a DLQ replay moves `failed` back to `queued`).
+    cache.put_status(&queued).await.unwrap();
+    assert_eq!(app.status(&id).await["status"], "queued");
 }
 
 #[tokio::test]
