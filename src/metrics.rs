@@ -31,6 +31,10 @@ pub const JOB_STAGE_DURATION: &str = "artefatos_job_stage_duration_seconds";
 pub const ACTOR_RESTARTS: &str = "artefatos_actor_restarts_total";
 /// Messages ready in each work queue, by `queue` and `format`: what KEDA scales on.
 pub const QUEUE_DEPTH: &str = "artefatos_queue_depth";
+/// Jobs a worker holds (rendering or waiting for a renderer), by `format`:
+/// with the queue depth, what KEDA scales workers on, so a busy worker is not
+/// scaled away because its queue looks empty.
+pub const JOBS_IN_FLIGHT: &str = "artefatos_jobs_in_flight";
 /// Messages in the dead-letter queue.
 pub const DLQ_DEPTH: &str = "artefatos_dlq_depth";
 

@@ -5,11 +5,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
+use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, warn};
 
-use crate::metrics::ACTOR_RESTARTS;
+use crate::metrics::{ACTOR_RESTARTS, JOBS_IN_FLIGHT};
 use crate::render::Format;
 
 use super::attempt;
@@ -64,9 +64,10 @@ impl PoolState {
 
     fn publish_in_flight(&self) {
         let busy = self.slots.iter().filter(|s| s.busy.is_some()).count();
-        self.ctx
-            .health
-            .set_in_flight(&self.name(), busy + self.waiting.len());
+        let in_flight = busy + self.waiting.len();
+        self.ctx.health.set_in_flight(&self.name(), in_flight);
+        // Ready messages alone hide work being rendered: KEDA scales on both.
+        gauge!(JOBS_IN_FLIGHT, "format" => self.format.as_str()).set(in_flight as f64);
     }
 
     fn dispatch(&mut self) {

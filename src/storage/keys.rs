@@ -123,6 +123,7 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
+    /// A key ring over `pool` with an empty cache.
     pub fn new(pool: PgPool) -> Self {
         KeyRing {
             pool,

@@ -139,7 +139,8 @@ def test_keda_scales_each_worker_1_to_10_at_10_per_replica(base, fmt):
     assert float(meta["threshold"]) == 10
     assert meta["serverAddress"].startswith("http")
     selectors, _ = L.promql_selectors(meta["query"])
-    assert [s[0] for s in selectors] == ["artefatos_queue_depth"]
+    # Ready messages plus the jobs workers hold (amqp mode would miss the latter).
+    assert [s[0] for s in selectors] == ["artefatos_queue_depth", "artefatos_jobs_in_flight"]
     query = meta["query"].replace(" ", "")
     assert f'format="{fmt}"' in query
     # Prometheus' `namespace` target label is the pod's namespace: the query must name

@@ -228,9 +228,10 @@ async fn a_redis_outage_only_costs_cache_freshness() {
         ..Default::default()
     })
     .await;
-    let worker = start_worker(&app.config).await;
-    app.redis_proxy.as_ref().unwrap().cut();
+    // Queued while Redis is up (so the cache holds `queued`), done while it is down.
     let job = post_job(&app, "pdf", None).await;
+    app.redis_proxy.as_ref().unwrap().cut();
+    let worker = start_worker(&app.config).await;
     let status = app.wait_for_status(&job, "done", DEADLINE).await;
     assert_eq!(status["attempts"], 1, "{status}");
     let cache_writer = worker
@@ -241,5 +242,32 @@ async fn a_redis_outage_only_costs_cache_freshness() {
         .expect("cache writer line");
     assert_eq!(cache_writer.state, ActorState::Running);
     assert_eq!(cache_writer.restarts, 0);
+
+    // The outage outlasts every write deadline (1 s) and the cache's cool-off
+    // (2 s): the transitions are really missed, not merely delayed. (This
+    // sleep is the outage's length, not a wait for something to happen.)
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Redis back: the transitions it missed are written after all, so the
+    // cached status (read first) catches up long before its 5 min TTL.
+    app.redis_proxy.as_ref().unwrap().restore();
+    let redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("{}:status:{job}", app.config.namespace);
+    let caught_up = poll_until(DEADLINE, || {
+        let (mut redis, key) = (redis.clone(), key.clone());
+        async move {
+            let cached: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            cached.is_some_and(|c| c.contains("\"status\":\"done\""))
+        }
+    })
+    .await;
+    assert!(caught_up, "the missed transition reached the cache");
     worker.shutdown().await;
 }
