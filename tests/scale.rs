@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
 
+use support::poll_until;
 use support::s3::{S3Server, storage_env};
 
 /// Jobs driven through nginx (override with `SCALE_JOBS`).
@@ -95,7 +96,7 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
     for (k, name) in RESTARTS.iter().enumerate() {
         let wave = wave_start(k + 2, total) - wave_start(k + 1, total);
         let boundary = wave_start(k + 1, total) + (wave / 4).min(20);
-        let reached = poll(RUN_DEADLINE, || {
+        let reached = poll_until(RUN_DEADLINE, || async {
             load.accepted.load(Ordering::SeqCst) >= boundary || load.fatal_error().is_some()
         })
         .await;
@@ -776,18 +777,6 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
-}
-
-/// Re-checks `condition` every 25 ms until it holds or `deadline` passes.
-async fn poll(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + deadline;
-    while !condition() {
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    true
 }
 
 // ---------------------------------------------------------------------------

@@ -181,31 +181,28 @@ impl Cache {
 
     /// Writes a job's status through to the cache (every transition calls this).
     pub async fn put_status(&self, job: &JobView) -> Result<(), CacheError> {
-        let key = self.status_key(job.id);
-        let value = serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
-        let ttl = self.status_ttl.as_secs().max(1);
-        self.run(redis::cmd("SET").arg(&key).arg(&value).arg("EX").arg(ttl))
-            .await
+        self.set_status(job, false).await
     }
 
     /// Caches a status read from PostgreSQL, only into an empty slot (`NX`):
     /// a transition written through meanwhile is newer than what was read,
     /// and wins. Transitions themselves use [`Cache::put_status`].
     pub async fn fill_status(&self, job: &JobView) -> Result<(), CacheError> {
-        let key = self.status_key(job.id);
+        self.set_status(job, true).await
+    }
+
+    async fn set_status(&self, job: &JobView, only_if_empty: bool) -> Result<(), CacheError> {
         let value = serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
-        let ttl = self.status_ttl.as_secs().max(1);
-        // NX answers nil when the slot was taken: not an error.
-        let _: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&value)
-                    .arg("EX")
-                    .arg(ttl)
-                    .arg("NX"),
-            )
-            .await?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.status_key(job.id))
+            .arg(value)
+            .arg("EX")
+            .arg(self.status_ttl.as_secs().max(1));
+        if only_if_empty {
+            cmd.arg("NX");
+        }
+        // SET NX answers nil when the slot was taken: not an error.
+        let _: Option<String> = self.run(&mut cmd).await?;
         Ok(())
     }
 
