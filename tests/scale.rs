@@ -132,7 +132,9 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
     verify_replays(&load).await;
     // Every process stops gracefully (exit within its grace), so the cluster
     // ends as cleanly as it was restarted.
+    let stopping = Instant::now();
     cluster.stop().await;
+    figures.stop = stopping.elapsed();
     cluster.assert_no_panics();
 
     let mut problems = verify_database(&pool, &load, total).await;
@@ -976,6 +978,8 @@ struct Figures {
     requests: usize,
     /// Requests nginx sent to the other API after one failed (its error log).
     nginx_retries: usize,
+    /// `cluster.sh stop` at the end: every process's graceful exit.
+    stop: Duration,
 }
 
 impl Figures {
@@ -998,6 +1002,7 @@ impl Figures {
             replayed: load.replayed_on_first_try.load(Ordering::SeqCst),
             requests: load.requests.load(Ordering::SeqCst),
             nginx_retries: 0,
+            stop: Duration::ZERO,
         }
     }
 
@@ -1012,7 +1017,8 @@ impl Figures {
         eprintln!(
             "SCALE FIGURES: {} jobs through nginx in {:.1}s = {:.1} jobs/s (submitted in {:.1}s, drained {:.1}s after the last was accepted); \
              {} restarts: {}; {} client requests, {} POST retries, {} GET retries, {} POSTs replayed by nginx on the other API; \
-             {} requests moved by nginx to the other API after a refused or closed connection; 0 failed",
+             {} requests moved by nginx to the other API after a refused or closed connection; 0 failed; \
+             cluster stopped in {:.1}s",
             self.jobs,
             self.elapsed.as_secs_f64(),
             self.jobs as f64 / self.elapsed.as_secs_f64(),
@@ -1025,6 +1031,7 @@ impl Figures {
             self.retries_get,
             self.replayed,
             self.nginx_retries,
+            self.stop.as_secs_f64(),
         );
     }
 }
