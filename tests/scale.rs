@@ -96,7 +96,8 @@ async fn two_thousand_jobs_through_nginx_survive_a_rolling_restart_of_every_proc
     for (k, name) in RESTARTS.iter().enumerate() {
         let wave = wave_start(k + 2, total) - wave_start(k + 1, total);
         let boundary = wave_start(k + 1, total) + (wave / 4).min(20);
-        let reached = poll_until(RUN_DEADLINE, || async {
+        let left = load.deadline.saturating_duration_since(Instant::now());
+        let reached = poll_until(left, || async {
             load.accepted.load(Ordering::SeqCst) >= boundary || load.fatal_error().is_some()
         })
         .await;
