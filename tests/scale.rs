@@ -192,6 +192,11 @@ impl Cluster {
             ),
             ("ARTEFATOS_NAMESPACE".into(), format!("t{id}")),
             ("ARTEFATOS_SHUTDOWN_GRACE".into(), SHUTDOWN_GRACE.into()),
+            // Five processes on one PostgreSQL with 100 connections.
+            ("ARTEFATOS_DB_POOL_SIZE".into(), "10".into()),
+            // Room for a worker's worst-case stop (grace, then consumer call
+            // timeouts and the tree's join) before cluster.sh resorts to SIGKILL.
+            ("CLUSTER_STOP_TIMEOUT".into(), "45".into()),
             ("ARTEFATOS_LOG_FORMAT".into(), "text".into()),
             ("RUST_LOG".into(), "warn".into()),
         ];
