@@ -19,8 +19,11 @@ use crate::render::Format;
 
 /// Most rows one insert statement carries.
 const MAX_BATCH: usize = 256;
-/// Insert statements in flight at once (each on its own connection).
-const CONCURRENT_BATCHES: usize = 4;
+/// Insert statements in flight at once (each on its own connection). Fewer
+/// and larger batches cost PostgreSQL less CPU on a small machine (measured:
+/// 4 → 3,643 jobs/s, 2 → 4,102, 1 → 4,331; see BENCHMARKS.md); two keep one
+/// slow batch (a 16 MiB payload) from holding up every other request.
+const CONCURRENT_BATCHES: usize = 2;
 
 /// A job about to be created; `payload` is the document's JSON text.
 #[derive(Debug, Clone)]
