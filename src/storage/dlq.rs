@@ -10,6 +10,7 @@
 //! relay publishes) and a stale record (which the next replay drops).
 
 use chrono::{DateTime, TimeZone, Utc};
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::{BasicProperties, Channel};
 use serde::Serialize;
@@ -65,14 +66,7 @@ pub async fn list(
 ) -> Result<Vec<DlqEntry>, DlqError> {
     let mut entries = Vec::new();
     let mut tags = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
-            topology.dlq().as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
-    {
-        let delivery = message.delivery;
+    while let Some(delivery) = next(channel, topology).await? {
         tags.push(delivery.delivery_tag);
         entries.push(entry(pool, &delivery.data, &delivery.properties).await?);
     }
@@ -100,14 +94,7 @@ pub async fn replay(
 ) -> Result<Vec<(Uuid, ReplayOutcome)>, DlqError> {
     let mut outcomes = Vec::new();
     let mut kept = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
-            topology.dlq().as_str().into(),
-            BasicGetOptions { no_ack: false },
-        )
-        .await?
-    {
-        let delivery = message.delivery;
+    while let Some(delivery) = next(channel, topology).await? {
         let job_id = job_id_of(&delivery.data).ok();
         let wanted = match (only, job_id) {
             (_, None) => false,
@@ -139,6 +126,17 @@ pub async fn replay(
             .await?;
     }
     Ok(outcomes)
+}
+
+/// The next DLQ record, held (unacknowledged) until the caller settles it.
+async fn next(channel: &Channel, topology: &Topology) -> Result<Option<Delivery>, DlqError> {
+    let message = channel
+        .basic_get(
+            topology.dlq().as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await?;
+    Ok(message.map(|m| m.delivery))
 }
 
 async fn entry(
