@@ -25,21 +25,7 @@ setup_failed=0
 say() { printf 'validate: %s\n' "$*" >&2; }
 
 # --- nginx (Debian's package) -------------------------------------------------------
-if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
-  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-    say "installing nginx (apt-get)"
-    # The package would start a daemon on port 80; nothing here needs it.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-      added_policy=1
-    fi
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } \
-      >"$WORK/apt.log" 2>&1 || { say "apt-get install nginx failed:"; tail -5 "$WORK/apt.log" >&2; }
-    [[ "${added_policy:-}" == 1 ]] && rm -f /usr/sbin/policy-rc.d
-  else
-    say "nginx is missing and cannot be installed here (needs root and apt-get); its checks will fail"
-  fi
-fi
+bash scripts/install-nginx.sh || say "nginx is missing; its checks will fail"
 export PATH="$PATH:/usr/sbin"
 
 # --- promtool (Debian's prometheus package, unpacked, never installed or started) ---

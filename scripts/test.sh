@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 scripts/install-s3s.sh >/dev/null
+# The scale-out test puts nginx in front of two APIs.
+scripts/install-nginx.sh || echo "test.sh: without nginx the scale-out test will fail" >&2
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 # Test databases and queues of earlier runs (each test makes its own).
