@@ -250,25 +250,11 @@ impl Cache {
 
     /// Health probe: PING, bypassing the cool-off so recovery is seen at once.
     pub async fn check(&self) -> Result<(), CacheError> {
-        let ping = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| CacheError::Unavailable(e.to_string()))?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut *conn)
-                .await
-                .map_err(CacheError::from)
-        };
-        match tokio::time::timeout(OP_TIMEOUT, ping).await {
-            Ok(Ok(_)) => {
-                self.down_until_ms.store(0, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(CacheError::Unavailable("timed out".into())),
-        }
+        // Lift the cool-off first; a failed PING puts it back.
+        self.down_until_ms.store(0, Ordering::Relaxed);
+        self.run::<String>(&mut redis::cmd("PING"))
+            .await
+            .map(|_| ())
     }
 
     /// Runs one command (see [`Cache::execute`]).
