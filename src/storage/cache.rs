@@ -12,10 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bb8_redis::RedisConnectionManager;
 use chrono::{DateTime, Utc};
+use redis::{FromRedisValue, RedisResult, Value};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::metrics::CACHE_LOOKUPS;
+use crate::storage::batch;
 use crate::storage::jobs::JobView;
 
 /// How long the cache stays "down" after a failed operation.
@@ -23,9 +26,13 @@ pub const COOL_OFF: Duration = Duration::from_secs(2);
 /// Deadline of one Redis operation, connection included.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pooled Redis connections. Each is a multiplexed connection that is cloned
-/// out of the pool rather than held (see [`Cache::execute`]), so a few sockets
-/// carry every concurrent command, pipelined by the client.
+/// out of the pool rather than held (see [`send_batch`]), so a few sockets
+/// carry every concurrent command.
 const POOL_SIZE: u32 = 4;
+/// Most commands one coalesced pipeline carries, and how many such pipelines
+/// may be in flight at once (see [`crate::storage::batch`]).
+const MAX_BATCH: usize = 512;
+const CONCURRENT_BATCHES: usize = 2;
 /// How long a request may hold an idempotency key before anyone may retry it:
 /// a crashed API process must not block its key for the whole idempotency TTL.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -70,10 +77,19 @@ pub struct CachedUrl {
     pub expires_at: DateTime<Utc>,
 }
 
+/// One caller's commands and where their replies go: the collector answers
+/// with one result per command, or with why the whole round trip failed.
+type Request = (Vec<redis::Cmd>, Reply);
+type Reply = oneshot::Sender<Result<Vec<RedisResult<Value>>, String>>;
+
 /// Handle to the Redis cache; cheap to clone.
+///
+/// Every command goes through one collector that sends whatever concurrent
+/// requests have gathered as a single pipeline: on a busy API a status read
+/// then costs a share of a round trip instead of a round trip (BENCHMARKS.md).
 #[derive(Clone)]
 pub struct Cache {
-    pool: bb8::Pool<RedisConnectionManager>,
+    commands: mpsc::Sender<Request>,
     prefix: Arc<str>,
     idempotency_ttl: Duration,
     status_ttl: Duration,
@@ -81,7 +97,8 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Builds the pool without connecting: the service starts while Redis is down.
+    /// Builds the pool without connecting: the service starts while Redis is
+    /// down. Starts the command collector on the current runtime.
     fn new(
         url: &str,
         namespace: &str,
@@ -93,8 +110,11 @@ impl Cache {
             .max_size(POOL_SIZE)
             .connection_timeout(OP_TIMEOUT)
             .build_unchecked(manager);
+        let commands = batch::spawn(MAX_BATCH, CONCURRENT_BATCHES, move |requests| {
+            send_batch(pool.clone(), requests)
+        });
         Ok(Cache {
-            pool,
+            commands,
             prefix: Arc::from(namespace),
             idempotency_ttl,
             status_ttl,
@@ -154,23 +174,26 @@ impl Cache {
         fingerprint: &str,
         status: Option<&JobView>,
     ) -> Result<(), CacheError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        let mut record = redis::cmd("SET");
+        record
             .arg(self.idempotency_key(client, key))
             .arg(format!("job:{job_id}:{fingerprint}"))
             .arg("EX")
-            .arg(self.idempotency_ttl.as_secs().max(1))
-            .ignore();
+            .arg(self.idempotency_ttl.as_secs().max(1));
+        let mut commands = vec![record];
         if let Some(job) = status {
-            pipe.cmd("SET")
-                .arg(self.status_key(job.id))
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.status_key(job.id))
                 .arg(serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?)
                 .arg("EX")
                 .arg(self.status_ttl.as_secs().max(1))
-                .arg("NX")
-                .ignore();
+                .arg("NX");
+            commands.push(cmd);
         }
-        self.execute(Op::Pipe(&mut pipe)).await
+        for reply in self.execute(commands).await? {
+            reply?;
+        }
+        Ok(())
     }
 
     /// Gives a pending key back after the request failed, so a retry can proceed.
@@ -258,32 +281,40 @@ impl Cache {
     }
 
     /// Runs one command (see [`Cache::execute`]).
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, CacheError> {
-        self.execute(Op::Cmd(cmd)).await
+    async fn run<T: FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, CacheError> {
+        let reply = self
+            .execute(vec![std::mem::take(cmd)])
+            .await?
+            .pop()
+            .ok_or_else(|| CacheError::Corrupt("no reply to a command".into()))??;
+        Ok(T::from_redis_value(reply).map_err(redis::RedisError::from)?)
     }
 
-    /// Runs one command or pipeline with the deadline and the cool-off breaker.
-    async fn execute<T: redis::FromRedisValue>(&self, op: Op<'_>) -> Result<T, CacheError> {
+    /// Runs commands in order, in one round trip shared with whatever other
+    /// requests are waiting, under the deadline and the cool-off breaker.
+    /// Returns one reply per command; an error reply fails only its command.
+    async fn execute(
+        &self,
+        commands: Vec<redis::Cmd>,
+    ) -> Result<Vec<RedisResult<Value>>, CacheError> {
         if now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
             return Err(CacheError::Unavailable(
                 "cooling off after a failure".into(),
             ));
         }
         let attempt = async {
-            // bb8 keeps the connections alive and healthy; the command runs on
-            // a clone of one (a handle to the same socket), so the pooled
-            // connection goes back at once and concurrent requests share it.
-            let mut conn = self
-                .pool
-                .get()
+            let (reply, answer) = oneshot::channel();
+            self.commands
+                .send((commands, reply))
                 .await
-                .map_err(|e| CacheError::Unavailable(e.to_string()))?
-                .clone();
-            match op {
-                Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
-                Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
+                .map_err(|_| CacheError::Unavailable("the command collector stopped".into()))?;
+            match answer.await {
+                Ok(Ok(replies)) => Ok(replies),
+                Ok(Err(e)) => Err(CacheError::Unavailable(e)),
+                Err(_) => Err(CacheError::Unavailable(
+                    "the command collector stopped".into(),
+                )),
             }
-            .map_err(CacheError::from)
         };
         let result = match tokio::time::timeout(OP_TIMEOUT, attempt).await {
             Ok(result) => result,
@@ -326,10 +357,45 @@ impl Cache {
     }
 }
 
-/// What [`Cache::execute`] sends.
-enum Op<'a> {
-    Cmd(&'a mut redis::Cmd),
-    Pipe(&'a mut redis::Pipeline),
+/// Sends every request of a batch as one pipeline and hands each request
+/// its own replies. A failed round trip fails every request in it.
+async fn send_batch(pool: bb8::Pool<RedisConnectionManager>, requests: Vec<Request>) {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut replies = Vec::with_capacity(requests.len());
+    for (commands, reply) in requests {
+        replies.push((commands.len(), reply));
+        for command in commands {
+            pipe.add_command(command);
+        }
+    }
+    let round_trip = async {
+        // bb8 keeps the connections alive and healthy; the pipeline runs on
+        // a clone of one (a handle to the same socket), so the pooled
+        // connection goes back at once and the other batch in flight can
+        // share it.
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?.clone();
+        pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let result = match tokio::time::timeout(OP_TIMEOUT, round_trip).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out".to_string()),
+    };
+    match result {
+        Ok(values) => {
+            let mut values = values.into_iter();
+            for (count, reply) in replies {
+                let _ = reply.send(Ok(values.by_ref().take(count).collect()));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 fn parse_holder(value: &str) -> Result<Holder, CacheError> {

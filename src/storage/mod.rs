@@ -2,6 +2,7 @@
 //! API keys), Redis (idempotency and status caches), RabbitMQ (the work queues)
 //! and the artifact store (S3 or a local directory).
 
+pub mod batch;
 pub mod blobs;
 pub mod cache;
 pub mod db;

@@ -38,6 +38,26 @@ async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value 
     body
 }
 
+/// The job ids of the accepted (202) answers to racing requests with one
+/// key; every other answer must be a 409 `request_in_progress`.
+async fn accepted_job_ids(responses: Vec<reqwest::Response>) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for response in responses {
+        match response.status().as_u16() {
+            202 => {
+                let body: Value = response.json().await.unwrap();
+                ids.insert(body["job_id"].as_str().unwrap().to_string());
+            }
+            409 => {
+                assert!(response.headers().contains_key("retry-after"));
+                problem(response, 409, "request_in_progress").await;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    ids
+}
+
 #[tokio::test]
 async fn a_new_key_creates_a_queued_job_and_one_message() {
     let app = spawn_app().await;
@@ -120,20 +140,7 @@ async fn sixty_four_concurrent_posts_with_one_key_make_one_job_and_one_message()
     let app = spawn_app().await;
     let body = generate_body("xlsx", "race");
     let responses = futures::future::join_all((0..64).map(|_| app.generate(&body))).await;
-    let mut ids = HashSet::new();
-    for response in responses {
-        match response.status().as_u16() {
-            202 => {
-                let body: Value = response.json().await.unwrap();
-                ids.insert(body["job_id"].as_str().unwrap().to_string());
-            }
-            409 => {
-                assert!(response.headers().contains_key("retry-after"));
-                problem(response, 409, "request_in_progress").await;
-            }
-            other => panic!("unexpected status {other}"),
-        }
-    }
+    let ids = accepted_job_ids(responses).await;
     assert_eq!(ids.len(), 1, "every accepted request names the same job");
     assert_eq!(app.job_count().await, 1);
     assert!(
@@ -155,6 +162,53 @@ async fn sixty_four_concurrent_posts_with_one_key_make_one_job_and_one_message()
         "the confirm is recorded"
     );
     assert_eq!(work_queue_depth(&app, Format::Xlsx).await, 1);
+}
+
+/// Documents over 64 KiB are inserted on their own, beside the group commit:
+/// still one job per key, and the small requests around them unaffected.
+#[tokio::test]
+async fn large_documents_beside_the_group_commit_still_make_one_job_per_key() {
+    let app = spawn_app().await;
+    let mut big = generate_body("xlsx", "big");
+    let row = big["document"]["sheets"][0]["rows"][0].clone();
+    let mut rows = Vec::new();
+    for i in 0..100 {
+        let mut row = row.clone();
+        row[1] = json!(format!("{i:04} {}", "x".repeat(1000)));
+        rows.push(row);
+    }
+    big["document"]["sheets"][0]["rows"] = json!(rows);
+    assert!(big.to_string().len() > 64 * 1024);
+
+    let bigs = (0..8).map(|_| app.generate(&big));
+    let smalls: Vec<Value> = (0..16)
+        .map(|i| generate_body("xlsx", &format!("small-{i}")))
+        .collect();
+    let (bigs, smalls) = futures::future::join(
+        futures::future::join_all(bigs),
+        futures::future::join_all(smalls.iter().map(|body| app.generate(body))),
+    )
+    .await;
+    let big_ids = accepted_job_ids(bigs).await;
+    assert_eq!(
+        big_ids.len(),
+        1,
+        "every accepted request names the same job"
+    );
+    for response in smalls {
+        assert_eq!(response.status(), 202);
+    }
+    assert_eq!(app.job_count().await, 17);
+    let stored: i32 = sqlx::query_scalar(
+        "SELECT octet_length(payload::text) FROM jobs WHERE idempotency_key = 'big'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        stored > 64 * 1024,
+        "the document is stored whole: {stored} bytes"
+    );
 }
 
 #[tokio::test]

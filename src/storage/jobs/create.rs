@@ -11,19 +11,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::{PgPool, Row};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{JOB_VIEW_COLUMNS, JobError, JobView};
 use crate::render::Format;
+use crate::storage::batch;
 
 /// Most rows one insert statement carries.
 const MAX_BATCH: usize = 256;
-/// Insert statements in flight at once (each on its own connection). Fewer
-/// and larger batches cost PostgreSQL less CPU on a small machine (measured:
-/// 4 → 3,643 jobs/s, 2 → 4,102, 1 → 4,331; see BENCHMARKS.md); two keep one
-/// slow batch (a 16 MiB payload) from holding up every other request.
-const CONCURRENT_BATCHES: usize = 2;
+/// Insert statements in flight at once. One gathers the most rows per commit,
+/// and commits (the WAL flush) are what job creation waits for: measured
+/// 5,200 jobs/s with one against 4,100–4,500 with two (BENCHMARKS.md).
+const CONCURRENT_BATCHES: usize = 1;
+/// Payloads larger than this are inserted on their own, beside the batches,
+/// so that one slow statement (up to a 16 MiB document) never holds up the
+/// single group commit every other request is waiting for.
+const GROUP_COMMIT_MAX_PAYLOAD: usize = 64 * 1024;
 
 /// A job about to be created; `payload` is the document's JSON text.
 #[derive(Debug, Clone)]
@@ -58,8 +62,11 @@ pub struct JobStore {
 impl JobStore {
     /// Starts the insert collector on the current runtime.
     pub fn new(pool: PgPool) -> Self {
-        let (inserts, rx) = mpsc::channel(MAX_BATCH * CONCURRENT_BATCHES * 4);
-        tokio::spawn(collect(pool.clone(), rx));
+        let writer = pool.clone();
+        let inserts = batch::spawn(MAX_BATCH, CONCURRENT_BATCHES, move |jobs| {
+            let pool = writer.clone();
+            async move { insert_batch(&pool, jobs).await }
+        });
         JobStore { pool, inserts }
     }
 
@@ -70,6 +77,12 @@ impl JobStore {
 
     /// Inserts the job unless its (client, key) already has one.
     pub async fn create(&self, job: NewJob) -> Result<Created, JobError> {
+        if job.payload.len() > GROUP_COMMIT_MAX_PAYLOAD {
+            let mut created = insert(&self.pool, &[&job]).await?;
+            return created.pop().ok_or_else(|| {
+                JobError::Database(sqlx::Error::Protocol("an insert without an outcome".into()))
+            });
+        }
         let (reply, answer) = oneshot::channel();
         self.inserts
             .send((job, reply))
@@ -122,27 +135,6 @@ fn share(e: &sqlx::Error) -> sqlx::Error {
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
         sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
         other => sqlx::Error::Protocol(other.to_string()),
-    }
-}
-
-/// Gathers waiting inserts into batches and runs a few batches concurrently.
-async fn collect(pool: PgPool, mut rx: mpsc::Receiver<(NewJob, Reply)>) {
-    let permits = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
-    loop {
-        // Wait for a free slot first, so requests pile up into a bigger batch
-        // while every slot is busy.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            insert_batch(&pool, batch).await;
-            drop(permit);
-        });
     }
 }
 
