@@ -158,17 +158,22 @@ async fn accept(state: &AppState, new: NewJob) -> Result<(JobView, bool), ApiErr
         Created::New(job) => {
             metrics::counter!(JOBS_CREATED, "format" => job.format.as_str()).increment(1);
             state.outbox.notify(job.id, job.format);
-            // Best effort: a miss only costs a PostgreSQL read.
-            let _ = state
-                .cache
-                .complete_key(
-                    new.client_id,
-                    &new.idempotency_key,
-                    job.id,
-                    &fp_hex,
-                    Some(&job),
-                )
-                .await;
+            // Best effort, and off the response's path: the job is committed,
+            // and until this lands a replay finds it through PostgreSQL and a
+            // status read falls back to PostgreSQL too.
+            let cache = state.cache.clone();
+            let cached = job.clone();
+            tokio::spawn(async move {
+                let _ = cache
+                    .complete_key(
+                        new.client_id,
+                        &new.idempotency_key,
+                        cached.id,
+                        &fp_hex,
+                        Some(&cached),
+                    )
+                    .await;
+            });
             Ok((job, false))
         }
         Created::Existing { job, fingerprint } => {
