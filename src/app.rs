@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::actors::{self, ActorError, Role, WorkerDeps, WorkerHandle};
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::storage::blobs::Blobs;
 use crate::storage::cache::Cache;
 use crate::storage::jobs::create::JobStore;
@@ -46,7 +46,7 @@ impl http::health::ActorTree for WorkerHandle {
 /// A built service, bound to its port, not yet serving.
 pub struct Application {
     listener: TcpListener,
-    state: AppState,
+    state: Shared,
     tree: Option<Arc<WorkerHandle>>,
 }
 
@@ -71,7 +71,7 @@ impl Application {
             .await
             .map_err(|e| AppError::Listen(config.listen, e))?;
 
-        let state = AppState {
+        let state = Shared {
             config: Arc::new(config),
             jobs: JobStore::new(pool.clone()),
             keys: KeyRing::new(pool),
@@ -93,7 +93,7 @@ impl Application {
     }
 
     /// The shared state, for wiring the actor tree to the same stores.
-    pub fn state(&self) -> &AppState {
+    pub fn state(&self) -> &Shared {
         &self.state
     }
 
@@ -121,7 +121,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let router = http::router(self.state);
+        let router = http::router(AppState::new(self.state));
         let watched = self.tree.clone();
         let stop = async move {
             match watched {
