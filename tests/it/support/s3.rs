@@ -133,7 +133,12 @@ impl S3Server {
             if matches!(child.try_wait(), Ok(Some(_))) {
                 return false;
             }
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+            // A connect to a loopback port in the ephemeral range that nobody
+            // listens on yet can pick that very port as its own source port
+            // and "succeed" by connecting to itself: that is not the server.
+            let accepted = TcpStream::connect_timeout(&address, Duration::from_millis(200))
+                .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok());
+            if accepted {
                 self.child = Some(child);
                 return true;
             }
