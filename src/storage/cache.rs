@@ -25,14 +25,13 @@ use crate::storage::jobs::JobView;
 pub const COOL_OFF: Duration = Duration::from_secs(2);
 /// Deadline of one Redis operation, connection included.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
-/// Pooled Redis connections. Each is a multiplexed connection that is cloned
-/// out of the pool rather than held (see [`send_batch`]), so a few sockets
-/// carry every concurrent command.
-const POOL_SIZE: u32 = 4;
 /// Most commands one coalesced pipeline carries, and how many such pipelines
 /// may be in flight at once (see [`crate::storage::batch`]).
 const MAX_BATCH: usize = 512;
 const CONCURRENT_BATCHES: usize = 2;
+/// Pooled Redis connections: only the collector's pipelines use them, so one
+/// per pipeline in flight.
+const POOL_SIZE: u32 = CONCURRENT_BATCHES as u32;
 /// How long a request may hold an idempotency key before anyone may retry it:
 /// a crashed API process must not block its key for the whole idempotency TTL.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -321,14 +320,9 @@ impl Cache {
             Err(_) => Err(CacheError::Unavailable("timed out".into())),
         };
         if let Err(e) = &result {
-            let connection_problem = match e {
-                CacheError::Unavailable(_) => true,
-                CacheError::Redis(e) => {
-                    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
-                }
-                _ => false,
-            };
-            if connection_problem {
+            // A failed round trip is `Unavailable` (see `send_batch`); a
+            // `Redis` error is one command's error reply, not an outage.
+            if matches!(e, CacheError::Unavailable(_)) {
                 self.down_until_ms
                     .store(now_ms() + COOL_OFF.as_millis() as u64, Ordering::Relaxed);
                 tracing::warn!(error = %e, "redis unavailable; serving from PostgreSQL");
