@@ -25,13 +25,14 @@ use crate::storage::jobs::JobView;
 pub const COOL_OFF: Duration = Duration::from_secs(2);
 /// Deadline of one Redis operation, connection included.
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
-/// Most commands one coalesced pipeline carries, and how many such pipelines
-/// may be in flight at once (see [`crate::storage::batch`]).
+/// Most commands one coalesced pipeline carries.
 const MAX_BATCH: usize = 512;
-const CONCURRENT_BATCHES: usize = 2;
-/// Pooled Redis connections: only the collector's pipelines use them, so one
-/// per pipeline in flight.
-const POOL_SIZE: u32 = CONCURRENT_BATCHES as u32;
+/// One pipeline at a time, on one connection: Redis then applies writes in
+/// the order they were sent, even one whose caller gave up waiting. Two in
+/// flight on two sockets let a timed-out `processing` land after its job's
+/// `done` (seen in the scale test).
+const CONCURRENT_BATCHES: usize = 1;
+const POOL_SIZE: u32 = 1;
 /// How long a request may hold an idempotency key before anyone may retry it:
 /// a crashed API process must not block its key for the whole idempotency TTL.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
