@@ -4,7 +4,9 @@
 //! is stored: with 256 bits of entropy there is nothing a slow password hash
 //! would protect, and a fast hash keeps authentication off the hot path's
 //! budget. Look-ups are cached in-process for [`AUTH_CACHE_TTL`], which is
-//! therefore how long a revoked key may keep working on a busy replica.
+//! therefore how long a revoked key may keep working on a busy replica. A key
+//! in use is looked up again in the background before its entry expires, so
+//! its requests never all miss the cache at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,11 @@ use uuid::Uuid;
 
 /// How long an authentication result is trusted without asking PostgreSQL.
 pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Age at which the first request to use an entry refreshes it in the
+/// background. Without it, every request in flight when a busy key's entry
+/// expired went to PostgreSQL at once: 64 look-ups competing for the pool
+/// every five seconds, a latency spike the load test saw.
+const AUTH_REFRESH_AFTER: Duration = Duration::from_secs(4);
 const AUTH_CACHE_MAX_ENTRIES: usize = 10_000;
 
 /// Failures of the key store.
@@ -112,8 +119,34 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Key digest → (owning client, or `None` for an unknown key; when looked up).
-type AuthCache = HashMap<[u8; 32], (Option<Uuid>, Instant)>;
+/// Key digest → what PostgreSQL said about it.
+type AuthCache = HashMap<[u8; 32], Verdict>;
+
+/// One cached look-up.
+#[derive(Clone, Copy)]
+struct Verdict {
+    /// The owning client, or `None` for an unknown or revoked key.
+    client: Option<Uuid>,
+    /// When the look-up was sent: the entry is trusted until `AUTH_CACHE_TTL` after.
+    asked_at: Instant,
+    /// A background refresh is under way.
+    refreshing: bool,
+}
+
+impl Verdict {
+    /// The client, if the entry may still answer at `now`, and whether this
+    /// caller should refresh it: only the first to find it old enough does,
+    /// so a busy key costs one look-up per refresh, not one per request.
+    fn consult(&mut self, now: Instant) -> Option<(Option<Uuid>, bool)> {
+        let age = now.saturating_duration_since(self.asked_at);
+        if age >= AUTH_CACHE_TTL {
+            return None;
+        }
+        let refresh = age >= AUTH_REFRESH_AFTER && !self.refreshing;
+        self.refreshing |= refresh;
+        Some((self.client, refresh))
+    }
+}
 
 /// Resolves bearer secrets to client ids, with a short in-process cache.
 #[derive(Clone)]
@@ -134,9 +167,32 @@ impl KeyRing {
     /// The client owning this secret, or `None` for an unknown or revoked key.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Uuid>, KeyError> {
         let digest = hash(secret);
-        if let Some(client) = self.cached(&digest) {
+        if let Some((client, refresh)) = self.cached(&digest) {
+            if refresh {
+                let ring = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ring.look_up(digest).await {
+                        // The entry stays valid until it expires; the next
+                        // request after that asks PostgreSQL itself.
+                        tracing::debug!(error = %e, "api key refresh failed");
+                    }
+                });
+            }
             return Ok(client);
         }
+        self.look_up(digest).await
+    }
+
+    /// The cached client if the entry is still trusted, and whether this
+    /// caller should refresh it.
+    fn cached(&self, digest: &[u8; 32]) -> Option<(Option<Uuid>, bool)> {
+        let mut cache = self.cache.lock().ok()?;
+        cache.get_mut(digest)?.consult(Instant::now())
+    }
+
+    /// Asks PostgreSQL and caches the answer.
+    async fn look_up(&self, digest: [u8; 32]) -> Result<Option<Uuid>, KeyError> {
+        let asked_at = Instant::now();
         let client: Option<Uuid> = sqlx::query_scalar(
             "SELECT client_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
@@ -147,14 +203,56 @@ impl KeyRing {
             if cache.len() >= AUTH_CACHE_MAX_ENTRIES {
                 cache.clear();
             }
-            cache.insert(digest, (client, Instant::now()));
+            let verdict = Verdict {
+                client,
+                asked_at,
+                refreshing: false,
+            };
+            cache.insert(digest, verdict);
         }
         Ok(client)
     }
+}
 
-    fn cached(&self, digest: &[u8; 32]) -> Option<Option<Uuid>> {
-        let cache = self.cache.lock().ok()?;
-        let (client, at) = cache.get(digest)?;
-        (at.elapsed() < AUTH_CACHE_TTL).then_some(*client)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict_asked(ago: Duration, now: Instant) -> Verdict {
+        Verdict {
+            client: Some(Uuid::nil()),
+            asked_at: now - ago,
+            refreshing: false,
+        }
+    }
+
+    #[test]
+    fn a_fresh_entry_answers_without_a_look_up() {
+        let now = Instant::now();
+        let mut verdict = verdict_asked(Duration::from_millis(10), now);
+        assert_eq!(verdict.consult(now), Some((Some(Uuid::nil()), false)));
+    }
+
+    #[test]
+    fn only_the_first_request_to_find_an_entry_old_enough_refreshes_it() {
+        let now = Instant::now();
+        let mut verdict = verdict_asked(AUTH_REFRESH_AFTER, now);
+        assert_eq!(verdict.consult(now), Some((Some(Uuid::nil()), true)));
+        // The others keep being answered from the entry while it refreshes.
+        for _ in 0..63 {
+            assert_eq!(verdict.consult(now), Some((Some(Uuid::nil()), false)));
+        }
+    }
+
+    #[test]
+    fn an_entry_never_answers_past_its_ttl_refresh_or_not() {
+        let now = Instant::now();
+        let mut verdict = verdict_asked(AUTH_CACHE_TTL, now);
+        assert_eq!(verdict.consult(now), None);
+        // A refresh that failed leaves `refreshing` set: the entry still
+        // expires on time, and the next request asks PostgreSQL itself.
+        let mut stuck = verdict_asked(AUTH_CACHE_TTL, now);
+        stuck.refreshing = true;
+        assert_eq!(stuck.consult(now), None);
     }
 }

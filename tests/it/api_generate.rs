@@ -415,6 +415,34 @@ async fn every_job_endpoint_requires_a_valid_key() {
     assert_eq!(app.job_count().await, 1);
 }
 
+/// The cached look-up is refreshed in the background while a key is busy;
+/// that must never stretch how long a revoked key keeps working.
+#[tokio::test]
+async fn a_key_in_steady_use_stops_working_within_the_auth_cache_ttl_of_its_revocation() {
+    use artefatos::storage::keys::AUTH_CACHE_TTL;
+    use std::time::{Duration, Instant};
+
+    let app = spawn_app().await;
+    let key = app.other_client_key().await;
+    let unknown = format!("/status/{}", uuid::Uuid::now_v7());
+    assert_eq!(app.get_as(&key, &unknown).await.status(), 404);
+    artefatos::storage::keys::revoke(&app.pool, &key[..11])
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    // Keep using it, as a busy client would, until it is refused.
+    let refused = poll_until(AUTH_CACHE_TTL + Duration::from_secs(2), || async {
+        app.get_as(&key, &unknown).await.status() == 401
+    })
+    .await;
+    assert!(refused, "a revoked key kept working");
+    assert!(
+        revoked_at.elapsed() <= AUTH_CACHE_TTL + Duration::from_millis(500),
+        "refused only {:?} after revocation",
+        revoked_at.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_key_held_by_a_request_in_flight_answers_409_with_retry_after() {
     use artefatos::http::generate::fingerprint;
