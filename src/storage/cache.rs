@@ -12,13 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bb8_redis::RedisConnectionManager;
 use chrono::{DateTime, Utc};
+use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisResult, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::metrics::CACHE_LOOKUPS;
-use crate::storage::batch;
+use crate::storage::batch::{self, Held};
 use crate::storage::jobs::JobView;
 
 /// How long the cache stays "down" after a failed operation.
@@ -110,8 +111,9 @@ impl Cache {
             .max_size(POOL_SIZE)
             .connection_timeout(OP_TIMEOUT)
             .build_unchecked(manager);
+        let held = Arc::new(Held::new());
         let commands = batch::spawn(MAX_BATCH, CONCURRENT_BATCHES, move |requests| {
-            send_batch(pool.clone(), requests)
+            send_batch(pool.clone(), held.clone(), requests)
         });
         Ok(Cache {
             commands,
@@ -354,7 +356,11 @@ impl Cache {
 
 /// Sends every request of a batch as one pipeline and hands each request
 /// its own replies. A failed round trip fails every request in it.
-async fn send_batch(pool: bb8::Pool<RedisConnectionManager>, requests: Vec<Request>) {
+async fn send_batch(
+    pool: bb8::Pool<RedisConnectionManager>,
+    held: Arc<Held<MultiplexedConnection>>,
+    requests: Vec<Request>,
+) {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     let mut replies = Vec::with_capacity(requests.len());
@@ -365,14 +371,20 @@ async fn send_batch(pool: bb8::Pool<RedisConnectionManager>, requests: Vec<Reque
         }
     }
     let round_trip = async {
-        // bb8 keeps the connections alive and healthy; the pipeline runs on
-        // a clone of one (a handle to the same socket), so the pooled
-        // connection goes back at once and the other batch in flight can
-        // share it.
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?.clone();
-        pipe.query_async::<Vec<RedisResult<Value>>>(&mut conn)
+        // The pipeline runs on a clone of the pooled connection (a handle to
+        // the same socket), kept for the next batch while it works; after a
+        // failure the next batch goes back to bb8, which checks the pooled
+        // one and replaces it if it is broken.
+        let mut conn = match held.take() {
+            Some(conn) => conn,
+            None => pool.get().await.map_err(|e| e.to_string())?.clone(),
+        };
+        let values = pipe
+            .query_async::<Vec<RedisResult<Value>>>(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        held.keep(conn);
+        Ok(values)
     };
     let result = match tokio::time::timeout(OP_TIMEOUT, round_trip).await {
         Ok(result) => result,

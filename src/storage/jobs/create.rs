@@ -3,20 +3,22 @@
 //! `POST /generate` is bounded by PostgreSQL's commit rate, not by its
 //! statement rate, so inserts are coalesced: concurrent requests hand their
 //! row to a collector that sends whatever has gathered as one multi-row
-//! `INSERT … ON CONFLICT DO NOTHING`, with a few batches in flight at once.
+//! `INSERT … ON CONFLICT DO NOTHING`, one batch at a time on a connection the
+//! collector keeps.
 //! The unique constraint on (client, idempotency key) is what makes a
 //! duplicate job impossible; Redis only spares PostgreSQL the obvious ones.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::{PgPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{JOB_VIEW_COLUMNS, JobError, JobView};
 use crate::render::Format;
-use crate::storage::batch;
+use crate::storage::batch::{self, Held};
 
 /// Most rows one insert statement carries.
 const MAX_BATCH: usize = 256;
@@ -63,9 +65,11 @@ impl JobStore {
     /// Starts the insert collector on the current runtime.
     pub fn new(pool: PgPool) -> Self {
         let writer = pool.clone();
+        let held = Arc::new(Held::new());
         let inserts = batch::spawn(MAX_BATCH, CONCURRENT_BATCHES, move |jobs| {
             let pool = writer.clone();
-            async move { insert_batch(&pool, jobs).await }
+            let held = held.clone();
+            async move { insert_batch(&pool, &held, jobs).await }
         });
         JobStore { pool, inserts }
     }
@@ -78,7 +82,8 @@ impl JobStore {
     /// Inserts the job unless its (client, key) already has one.
     pub async fn create(&self, job: NewJob) -> Result<Created, JobError> {
         if job.payload.len() > GROUP_COMMIT_MAX_PAYLOAD {
-            let mut created = insert(&self.pool, &[&job]).await?;
+            let mut conn = self.pool.acquire().await?;
+            let mut created = insert(&mut conn, &[&job]).await?;
             return created.pop().ok_or_else(|| {
                 JobError::Database(sqlx::Error::Protocol("an insert without an outcome".into()))
             });
@@ -138,9 +143,30 @@ fn share(e: &sqlx::Error) -> sqlx::Error {
     }
 }
 
-async fn insert_batch(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
+async fn insert_batch(
+    pool: &PgPool,
+    held: &Held<PoolConnection<Postgres>>,
+    batch: Vec<(NewJob, Reply)>,
+) {
     let jobs: Vec<&NewJob> = batch.iter().map(|(job, _)| job).collect();
-    match insert(pool, &jobs).await {
+    let result = match held.take() {
+        Some(conn) => Ok(conn),
+        None => pool.acquire().await,
+    };
+    let result = match result {
+        Ok(mut conn) => {
+            let result = insert(&mut conn, &jobs).await;
+            // A refused row leaves the connection as good as it was; any
+            // other failure (I/O, protocol) may have broken it.
+            match result {
+                Ok(_) | Err(sqlx::Error::Database(_)) => held.keep(conn),
+                Err(_) => conn.close_on_drop(),
+            }
+            result
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(results) => {
             for ((_, reply), result) in batch.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
@@ -149,7 +175,10 @@ async fn insert_batch(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
         // A row the database refuses must not fail its neighbours: retry alone.
         Err(sqlx::Error::Database(_)) if batch.len() > 1 => {
             for (job, reply) in batch {
-                let result = insert(pool, &[&job]).await;
+                let result = match pool.acquire().await {
+                    Ok(mut conn) => insert(&mut conn, &[&job]).await,
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(result.map(|mut r| r.remove(0)).map_err(Arc::new));
             }
         }
@@ -163,7 +192,7 @@ async fn insert_batch(pool: &PgPool, batch: Vec<(NewJob, Reply)>) {
 }
 
 /// One statement for the whole batch; returns one outcome per job, in order.
-async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::Error> {
+async fn insert(conn: &mut PgConnection, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::Error> {
     let sql = format!(
         "INSERT INTO jobs (id, client_id, idempotency_key, fingerprint, format, filename, payload)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[],
@@ -187,7 +216,7 @@ async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::E
         .bind(jobs.iter().map(|j| j.format.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.filename.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.payload.as_str()).collect::<Vec<_>>())
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
     let inserted: HashMap<Uuid, JobView> = inserted.into_iter().map(|j| (j.id, j)).collect();
 
@@ -212,7 +241,7 @@ async fn insert(pool: &PgPool, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::E
                     .map(|j| j.idempotency_key.as_str())
                     .collect::<Vec<_>>(),
             )
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
         for row in rows {
             let job = <JobView as sqlx::FromRow<_>>::from_row(&row)?;
