@@ -3,6 +3,7 @@
 # release build of the API with every service co-located on this machine.
 # Usage: benches/http/run.sh [seconds] [scenarios]   (prints wrk's reports; see BENCHMARKS.md)
 # scenarios: any of "new replay status" (default: all three, in that order).
+# ARTEFATOS_BIN=path runs that binary instead of building this checkout (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_PER_RUN="${1:-15}"
@@ -10,8 +11,10 @@ SCENARIOS="${2:-new replay status}"
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 command -v wrk >/dev/null || apt-get install -y wrk
 scripts/services.sh >/dev/null
-cargo build --release --bin artefatos
-BIN="${CARGO_TARGET_DIR:-target}/release/artefatos"
+if [ -z "${ARTEFATOS_BIN:-}" ]; then
+    cargo build --release --bin artefatos
+fi
+BIN="${ARTEFATOS_BIN:-${CARGO_TARGET_DIR:-target}/release/artefatos}"
 
 RUN_ID="b$(date +%s)"
 export RUN_ID
