@@ -24,6 +24,14 @@ use crate::storage::queue::{Publisher, QueueError};
 pub const SWEEP_GRACE: Duration = Duration::from_secs(3);
 /// Most jobs one notify batch or one sweep round publishes.
 const BATCH: usize = 512;
+/// Read `jobs_unpublished` with a plain index scan. The index keeps an entry
+/// for every job ever inserted until VACUUM removes it, and the planner's
+/// bitmap scan visited the heap for each of them on every sweep (10 ms a
+/// query after 15 s at 10,000 jobs/s, and growing). A plain index scan marks
+/// the entries of published jobs dead as it passes, so the next sweep skips
+/// them: 5 ms once, then 0.6 ms.
+const INDEX_SCAN_ONLY: &str =
+    "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexonlyscan = off";
 
 /// Failures of the outbox; the sweep retries them next round.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +74,7 @@ impl Outbox {
         let mut published = 0;
         loop {
             let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(INDEX_SCAN_ONLY).execute(&mut *tx).await?;
             let rows = sqlx::query(
                 "SELECT id, format FROM jobs
                  WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
@@ -111,11 +120,13 @@ impl Outbox {
 
     /// Jobs committed but not yet confirmed, exported as a gauge.
     pub async fn backlog(&self) -> Result<i64, OutboxError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        let mut tx = self.pool.begin().await?;
+        sqlx::raw_sql(INDEX_SCAN_ONLY).execute(&mut *tx).await?;
+        let backlog = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE published_at IS NULL")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(backlog)
     }
 
     async fn record_backlog(&self) -> Result<(), OutboxError> {
