@@ -123,7 +123,6 @@ fn hash(secret: &str) -> [u8; 32] {
 type AuthCache = HashMap<[u8; 32], Verdict>;
 
 /// One cached look-up.
-#[derive(Clone, Copy)]
 struct Verdict {
     /// The owning client, or `None` for an unknown or revoked key.
     client: Option<Uuid>,
@@ -203,12 +202,18 @@ impl KeyRing {
             if cache.len() >= AUTH_CACHE_MAX_ENTRIES {
                 cache.clear();
             }
-            let verdict = Verdict {
-                client,
-                asked_at,
-                refreshing: false,
-            };
-            cache.insert(digest, verdict);
+            // A slow refresh must not replace a look-up sent after it.
+            if cache
+                .get(&digest)
+                .is_none_or(|cached| cached.asked_at <= asked_at)
+            {
+                let verdict = Verdict {
+                    client,
+                    asked_at,
+                    refreshing: false,
+                };
+                cache.insert(digest, verdict);
+            }
         }
         Ok(client)
     }
