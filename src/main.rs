@@ -10,13 +10,13 @@ use artefatos::app::Application;
 use artefatos::storage::cache::Cache;
 use artefatos::storage::outbox::Outbox;
 use artefatos::storage::queue::{Publisher, Topology};
+use artefatos::storage::{self, db, jobs, keys, queue};
 
 /// mimalloc instead of glibc's allocator: the request path allocates per
 /// request (JSON, headers, Redis and SQL buffers) from several threads, and
 /// glibc's malloc was 17 % of the API's CPU time (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use artefatos::storage::{self, db, jobs, keys, queue};
 
 #[derive(Parser)]
 #[command(

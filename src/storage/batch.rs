@@ -62,7 +62,7 @@ where
 /// Pools check a connection each time it is checked out (sqlx pings
 /// PostgreSQL, bb8 sends Redis a `PING`): a round trip that took up to 3 ms
 /// at p99 under load, paid by every request of the batch. A collector instead
-/// [`take`](Held::take)s the connection its last batch used and
+/// [`take_or`](Held::take_or)s the connection its last batch used and
 /// [`keep`](Held::keep)s it again only if that batch succeeded on it, so a
 /// connection that failed goes back through its pool and is checked there.
 pub struct Held<C>(Mutex<Option<C>>);
@@ -73,9 +73,14 @@ impl<C> Held<C> {
         Held(Mutex::new(None))
     }
 
-    /// The kept connection, if the last batch left one.
-    pub fn take(&self) -> Option<C> {
-        self.0.lock().ok()?.take()
+    /// The connection the last batch left, or a new one from `checkout`
+    /// (the pool, with its health check) when there is none.
+    pub async fn take_or<E>(&self, checkout: impl Future<Output = Result<C, E>>) -> Result<C, E> {
+        let kept = self.0.lock().ok().and_then(|mut slot| slot.take());
+        match kept {
+            Some(conn) => Ok(conn),
+            None => checkout.await,
+        }
     }
 
     /// Keeps `conn` for the next batch; call it only after a batch succeeded.

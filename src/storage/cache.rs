@@ -33,7 +33,6 @@ const MAX_BATCH: usize = 512;
 /// flight on two sockets let a timed-out `processing` land after its job's
 /// `done` (seen in the scale test).
 const CONCURRENT_BATCHES: usize = 1;
-const POOL_SIZE: u32 = 1;
 /// How long a request may hold an idempotency key before anyone may retry it:
 /// a crashed API process must not block its key for the whole idempotency TTL.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
@@ -108,7 +107,8 @@ impl Cache {
     ) -> Result<Self, CacheError> {
         let manager = RedisConnectionManager::new(url).map_err(CacheError::Url)?;
         let pool = bb8::Pool::builder()
-            .max_size(POOL_SIZE)
+            // One connection per pipeline in flight.
+            .max_size(CONCURRENT_BATCHES as u32)
             .connection_timeout(OP_TIMEOUT)
             .build_unchecked(manager);
         let held = Arc::new(Held::new());
@@ -375,10 +375,10 @@ async fn send_batch(
         // the same socket), kept for the next batch while it works; after a
         // failure the next batch goes back to bb8, which checks the pooled
         // one and replaces it if it is broken.
-        let mut conn = match held.take() {
-            Some(conn) => conn,
-            None => pool.get().await.map_err(|e| e.to_string())?.clone(),
-        };
+        let mut conn = held
+            .take_or(async { pool.get().await.map(|pooled| pooled.clone()) })
+            .await
+            .map_err(|e| e.to_string())?;
         let values = pipe
             .query_async::<Vec<RedisResult<Value>>>(&mut conn)
             .await

@@ -94,45 +94,35 @@ impl Outbox {
             }
             let done = publish_all(&self.publisher, &jobs).await;
             mark_published(&mut tx, &done).await?;
+            // The broker refused some (stop here, retry next round), or
+            // nothing older is left: either way this round is the last.
+            let refused = jobs.len() - done.len();
+            let last = refused > 0 || jobs.len() < BATCH;
+            if last {
+                // Counted in this transaction, under the same index scan.
+                let backlog: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE published_at IS NULL")
+                        .fetch_one(&mut *tx)
+                        .await?;
+                metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64);
+            }
             tx.commit().await?;
             published += done.len();
-            if done.len() < jobs.len() {
-                // The broker refused some: stop here and retry next round.
-                self.record_backlog().await?;
+            if refused > 0 {
                 return Err(OutboxError::Queue(QueueError::Unavailable(format!(
-                    "{} of {} jobs not confirmed",
-                    jobs.len() - done.len(),
+                    "{refused} of {} jobs not confirmed",
                     jobs.len()
                 ))));
             }
-            if jobs.len() < BATCH {
-                break;
+            if last {
+                return Ok(published);
             }
         }
-        self.record_backlog().await?;
-        Ok(published)
     }
 
     /// Health probe for the broker, as seen by this process's publisher.
     pub async fn check(&self) -> Result<(), QueueError> {
         self.publisher.check().await
-    }
-
-    /// Jobs committed but not yet confirmed, exported as a gauge.
-    pub async fn backlog(&self) -> Result<i64, OutboxError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::raw_sql(INDEX_SCAN_ONLY).execute(&mut *tx).await?;
-        let backlog = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE published_at IS NULL")
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(backlog)
-    }
-
-    async fn record_backlog(&self) -> Result<(), OutboxError> {
-        let backlog = self.backlog().await?;
-        metrics::gauge!(OUTBOX_BACKLOG).set(backlog as f64);
-        Ok(())
     }
 }
 

@@ -82,11 +82,7 @@ impl JobStore {
     /// Inserts the job unless its (client, key) already has one.
     pub async fn create(&self, job: NewJob) -> Result<Created, JobError> {
         if job.payload.len() > GROUP_COMMIT_MAX_PAYLOAD {
-            let mut conn = self.pool.acquire().await?;
-            let mut created = insert(&mut conn, &[&job]).await?;
-            return created.pop().ok_or_else(|| {
-                JobError::Database(sqlx::Error::Protocol("an insert without an outcome".into()))
-            });
+            return Ok(insert_one(&self.pool, &job).await?);
         }
         let (reply, answer) = oneshot::channel();
         self.inserts
@@ -149,11 +145,7 @@ async fn insert_batch(
     batch: Vec<(NewJob, Reply)>,
 ) {
     let jobs: Vec<&NewJob> = batch.iter().map(|(job, _)| job).collect();
-    let result = match held.take() {
-        Some(conn) => Ok(conn),
-        None => pool.acquire().await,
-    };
-    let result = match result {
+    let result = match held.take_or(pool.acquire()).await {
         Ok(mut conn) => {
             let result = insert(&mut conn, &jobs).await;
             // A refused row leaves the connection as good as it was; any
@@ -175,11 +167,7 @@ async fn insert_batch(
         // A row the database refuses must not fail its neighbours: retry alone.
         Err(sqlx::Error::Database(_)) if batch.len() > 1 => {
             for (job, reply) in batch {
-                let result = match pool.acquire().await {
-                    Ok(mut conn) => insert(&mut conn, &[&job]).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result.map(|mut r| r.remove(0)).map_err(Arc::new));
+                let _ = reply.send(insert_one(pool, &job).await.map_err(Arc::new));
             }
         }
         Err(e) => {
@@ -189,6 +177,15 @@ async fn insert_batch(
             }
         }
     }
+}
+
+/// One job in a statement of its own, outside the group commit.
+async fn insert_one(pool: &PgPool, job: &NewJob) -> Result<Created, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    insert(&mut conn, &[job])
+        .await?
+        .pop()
+        .ok_or_else(|| sqlx::Error::Protocol("an insert without an outcome".into()))
 }
 
 /// One statement for the whole batch; returns one outcome per job, in order.
