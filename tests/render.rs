@@ -3,7 +3,9 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use artefatos::render::{Format, Limits, RenderError, Summary, render, render_slice, validate};
+use artefatos::render::{
+    Format, Limits, RenderError, Summary, render, render_slice, render_to_memory, validate,
+};
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -704,6 +706,37 @@ fn render_slice_writes_what_render_writes() {
         &dir.path().join("x"),
     )
     .unwrap_err();
+    assert!(err.is_permanent(), "{err}");
+}
+
+/// A small document rendered in memory (worksheets kept in memory, no
+/// temporary file) reads back like the same document rendered to a file.
+#[test]
+fn render_to_memory_reads_back_like_a_file() {
+    let bytes = serde_json::to_vec(&sales(40, "pt-BR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let file = out_path(&dir, &format!("file.{format}"));
+        let memory = out_path(&dir, &format!("memory.{format}"));
+        let a = render_slice(format, &bytes, &Limits::default(), &file).unwrap();
+        let (b, buffer) = render_to_memory(format, &bytes, &Limits::default()).unwrap();
+        assert_eq!(a, b);
+        std::fs::write(&memory, &buffer).unwrap();
+        if format == Format::Pdf {
+            assert!(buffer.starts_with(b"%PDF-"));
+            assert_eq!(pdf_pages_text(&file), pdf_pages_text(&memory));
+        } else {
+            let read = |path: &Path| -> Vec<Vec<Data>> {
+                let mut book: Xlsx<_> = open_workbook(path).unwrap();
+                let range = book.worksheet_range("Vendas").unwrap();
+                range.rows().map(|r| r.to_vec()).collect()
+            };
+            let rows = read(&memory);
+            assert_eq!(rows.len(), 42, "header, 40 rows, totals");
+            assert_eq!(rows, read(&file));
+        }
+    }
+    let err = render_to_memory(Format::Xlsx, b"{\"sheets\": 3}", &Limits::default()).unwrap_err();
     assert!(err.is_permanent(), "{err}");
 }
 

@@ -221,10 +221,11 @@ pub fn render(
             draw_pdf(
                 serde_json::Deserializer::from_reader(reader),
                 limits,
-                out,
+                pdf_file::PdfFile::create(out)?,
                 pages,
                 title,
             )
+            .map(|(summary, _)| summary)
         }
     }
 }
@@ -246,10 +247,47 @@ pub fn render_slice(
             draw_pdf(
                 serde_json::Deserializer::from_slice(document),
                 limits,
-                out,
+                pdf_file::PdfFile::create(out)?,
                 pages,
                 title,
             )
+            .map(|(summary, _)| summary)
+        }
+    }
+}
+
+/// [`render_slice`] into memory: for small documents, whose artifact is
+/// uploaded straight from the returned bytes with no temporary file on the
+/// way. XLSX worksheets stay in memory (no constant-memory spill files), so
+/// callers keep this for documents of modest size.
+pub fn render_to_memory(
+    format: Format,
+    document: &[u8],
+    limits: &Limits,
+) -> Result<(Summary, Vec<u8>), RenderError> {
+    match format {
+        Format::Xlsx => {
+            let mut de = serde_json::Deserializer::from_slice(document);
+            let mut sink = xlsx::XlsxSink::in_memory();
+            let parsed = parse::parse(&mut de, limits, &mut sink)?;
+            let bytes = sink.finish_to_buffer(parsed.title.as_deref())?;
+            Ok((parsed.summary, bytes))
+        }
+        Format::Pdf => {
+            let (pages, title) =
+                layout_pdf(serde_json::Deserializer::from_slice(document), limits)?;
+            let file = pdf_file::PdfFile::in_memory()?;
+            let (summary, out) = draw_pdf(
+                serde_json::Deserializer::from_slice(document),
+                limits,
+                file,
+                pages,
+                title,
+            )?;
+            match out {
+                Some(pdf_file::PdfOut::Memory(bytes)) => Ok((summary, bytes)),
+                _ => Err(RenderError::Internal("in-memory PDF written elsewhere")),
+            }
         }
     }
 }
@@ -279,14 +317,14 @@ fn layout_pdf<'de, R: serde_json::de::Read<'de>>(
 fn draw_pdf<'de, R: serde_json::de::Read<'de>>(
     mut de: serde_json::Deserializer<R>,
     limits: &Limits,
-    out: &Path,
+    file: pdf_file::PdfFile,
     pages: usize,
     title: Option<String>,
-) -> Result<Summary, RenderError> {
-    let mut sink = pdf::PdfSink::drawing(out, pages, title.as_deref())?;
+) -> Result<(Summary, Option<pdf_file::PdfOut>), RenderError> {
+    let mut sink = pdf::PdfSink::drawing(file, pages, title.as_deref())?;
     let drawn = parse::parse(&mut de, limits, &mut sink)?;
-    sink.finish()?;
-    Ok(drawn.summary)
+    let out = sink.finish()?;
+    Ok((drawn.summary, out))
 }
 
 /// Copies what it reads into `copy`, so the PDF renderer can read a stream twice.

@@ -11,14 +11,12 @@
 //! printpdf and streams it into the file (`pdf_file.rs`). printpdf holds one
 //! batch at a time, never the document.
 
-use std::path::Path;
-
 use printpdf::{
     Color, Line, LinePoint, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle, PdfPage,
     PdfSaveOptions, Point, Pt, Rect, Rgb, TextItem, TextMatrix,
 };
 
-use super::pdf_file::PdfFile;
+use super::pdf_file::{PdfFile, PdfOut};
 
 use super::RenderError;
 use super::font::{DEJAVU_SANS, Metrics};
@@ -95,15 +93,15 @@ impl PdfSink {
         Self::new(None)
     }
 
-    /// A sink that draws into `out`, knowing the page count and title the
+    /// A sink that draws into `file`, knowing the page count and title the
     /// layout pass found.
     pub fn drawing(
-        out: &Path,
+        file: PdfFile,
         total_pages: usize,
         title: Option<&str>,
     ) -> Result<Self, RenderError> {
         Self::new(Some(Output {
-            file: PdfFile::create(out)?,
+            file,
             total_pages,
             title: title.map(str::to_string),
         }))
@@ -395,12 +393,15 @@ impl PdfSink {
         output.file.append(lo)
     }
 
-    /// Writes the last batch and closes the file.
-    pub fn finish(mut self) -> Result<(), RenderError> {
+    /// Writes the last batch and closes the file; `None` in the layout pass.
+    pub fn finish(mut self) -> Result<Option<PdfOut>, RenderError> {
         self.flush()?;
         match self.output.take() {
-            Some(output) => output.file.finish(output.title.as_deref().unwrap_or("")),
-            None => Ok(()),
+            Some(output) => output
+                .file
+                .finish(output.title.as_deref().unwrap_or(""))
+                .map(Some),
+            None => Ok(None),
         }
     }
 }

@@ -16,9 +16,32 @@ use super::RenderError;
 const CATALOG: u32 = 1;
 const PAGES: u32 = 2;
 
+/// Where the PDF's bytes go: a file for big documents, memory for small ones
+/// (no temporary file, uploaded straight from the buffer).
+pub(crate) enum PdfOut {
+    File(BufWriter<File>),
+    Memory(Vec<u8>),
+}
+
+impl Write for PdfOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            PdfOut::File(file) => file.write(buf),
+            PdfOut::Memory(bytes) => bytes.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            PdfOut::File(file) => file.flush(),
+            PdfOut::Memory(_) => Ok(()),
+        }
+    }
+}
+
 /// A PDF file being written batch by batch.
 pub(crate) struct PdfFile {
-    out: BufWriter<File>,
+    out: PdfOut,
     written: u64,
     /// Byte offset of each object, by id (index 0 unused).
     offsets: Vec<Option<u64>>,
@@ -27,9 +50,22 @@ pub(crate) struct PdfFile {
 }
 
 impl PdfFile {
+    /// A PDF written to the file at `path`.
     pub fn create(path: &Path) -> Result<PdfFile, RenderError> {
+        PdfFile::start(PdfOut::File(BufWriter::with_capacity(
+            1 << 16,
+            File::create(path)?,
+        )))
+    }
+
+    /// A PDF kept in memory; [`finish`](Self::finish) hands back its bytes.
+    pub fn in_memory() -> Result<PdfFile, RenderError> {
+        PdfFile::start(PdfOut::Memory(Vec::new()))
+    }
+
+    fn start(out: PdfOut) -> Result<PdfFile, RenderError> {
         let mut file = PdfFile {
-            out: BufWriter::with_capacity(1 << 16, File::create(path)?),
+            out,
             written: 0,
             offsets: vec![None; 3],
             next_id: PAGES + 1,
@@ -83,8 +119,9 @@ impl PdfFile {
         Ok(())
     }
 
-    /// Writes the page tree, catalog, info and cross-reference table.
-    pub fn finish(mut self, title: &str) -> Result<(), RenderError> {
+    /// Writes the page tree, catalog, info and cross-reference table; returns
+    /// where the bytes went.
+    pub fn finish(mut self, title: &str) -> Result<PdfOut, RenderError> {
         let count = self.kids.len() as i64;
         let mut tree = Dictionary::new();
         tree.set("Type", Object::Name(b"Pages".to_vec()));
@@ -121,7 +158,7 @@ impl PdfFile {
         ));
         self.put(xref.as_bytes())?;
         self.out.flush()?;
-        Ok(())
+        Ok(self.out)
     }
 }
 

@@ -18,6 +18,9 @@ const MAX_AUTO_WIDTH: f64 = 60.0;
 pub(crate) struct XlsxSink {
     workbook: Workbook,
     sheet: Option<SheetWriter>,
+    /// Flush rows to temporary files (big documents) or keep every sheet in
+    /// memory (small ones: no file is touched).
+    constant_memory: bool,
 }
 
 /// The state of the worksheet being written.
@@ -37,21 +40,43 @@ struct SheetWriter {
 }
 
 impl XlsxSink {
+    /// A sink whose worksheets stream through temporary files: memory stays
+    /// flat whatever the row count.
     pub fn new() -> Self {
         XlsxSink {
             workbook: Workbook::new(),
             sheet: None,
+            constant_memory: true,
+        }
+    }
+
+    /// A sink that keeps its worksheets in memory: for small documents, where
+    /// the temporary files would cost more than the rows.
+    pub fn in_memory() -> Self {
+        XlsxSink {
+            constant_memory: false,
+            ..XlsxSink::new()
         }
     }
 
     /// Sets the document title and writes the workbook to `out`.
     pub fn finish(mut self, title: Option<&str>, out: &Path) -> Result<(), RenderError> {
+        self.set_title(title);
+        self.workbook.save(out)?;
+        Ok(())
+    }
+
+    /// Sets the document title and returns the workbook's bytes.
+    pub fn finish_to_buffer(mut self, title: Option<&str>) -> Result<Vec<u8>, RenderError> {
+        self.set_title(title);
+        Ok(self.workbook.save_to_buffer()?)
+    }
+
+    fn set_title(&mut self, title: Option<&str>) {
         if let Some(title) = title {
             self.workbook
                 .set_properties(&DocProperties::new().set_title(title));
         }
-        self.workbook.save(out)?;
-        Ok(())
     }
 
     fn worksheet(&mut self) -> Result<(&mut Worksheet, &mut SheetWriter), RenderError> {
@@ -132,7 +157,11 @@ impl Sink for XlsxSink {
     ) -> Result<(), RenderError> {
         let index = self.sheet.as_ref().map_or(0, |s| s.index + 1);
         let bold = Format::new().set_bold();
-        let worksheet = self.workbook.add_worksheet_with_constant_memory()?;
+        let worksheet = if self.constant_memory {
+            self.workbook.add_worksheet_with_constant_memory()?
+        } else {
+            self.workbook.add_worksheet()
+        };
         worksheet.set_name(name)?;
         for (c, column) in columns.iter().enumerate() {
             worksheet.write_string_with_format(0, c as u16, &column.title, &bold)?;
