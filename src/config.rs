@@ -58,8 +58,16 @@ pub enum QueueType {
 pub struct WorkerConfig {
     /// Formats this process consumes (`ARTEFATOS_WORKER_FORMATS`, default all).
     pub formats: Vec<Format>,
-    /// Renderers per format; also the consumer's prefetch.
+    /// Jobs in flight per format, whatever stage they are in (claim, render,
+    /// upload, commit); also the consumer's prefetch. Most of them wait on
+    /// I/O, so this is several times `renderers`.
     pub concurrency: usize,
+    /// Renderers per format: the CPU stage, one per core by default.
+    pub renderers: usize,
+    /// Documents larger than this (JSON bytes) are big: rendered to a
+    /// temporary file rather than memory, read from PostgreSQL apart from
+    /// their claim, and never given every renderer of their format.
+    pub big_document_bytes: usize,
     /// Delay of each retry queue; its length is the number of retries
     /// (default 1 s, 5 s, 30 s: four attempts in all).
     pub retry_delays: Vec<Duration>,
@@ -161,6 +169,10 @@ impl Config {
                     reason: "expected durations such as 1s,5s,30s".into(),
                 })?,
         };
+        // Rendering is the only stage that needs a CPU: one renderer per core,
+        // and at least two, so a big document never holds every renderer.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let renderers: usize = parse(vars, "ARTEFATOS_RENDERERS", cores.max(2))?;
         let queue_type = match or("ARTEFATOS_QUEUE_TYPE", "classic").as_str() {
             "classic" => QueueType::Classic,
             "quorum" => QueueType::Quorum,
@@ -195,7 +207,9 @@ impl Config {
             status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
             worker: WorkerConfig {
                 formats,
-                concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 2)?,
+                concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 16 * renderers)?,
+                renderers,
+                big_document_bytes: parse(vars, "ARTEFATOS_BIG_DOCUMENT_BYTES", 1024 * 1024)?,
                 retry_delays,
                 job_ttl: duration(vars, "ARTEFATOS_JOB_TTL", secs(24 * 3600))?,
                 lease: duration(vars, "ARTEFATOS_LEASE", secs(20))?,
@@ -271,6 +285,9 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert!(matches!(config.storage, StorageConfig::Filesystem { .. }));
         assert_eq!(config.worker.retry_delays.len(), 3);
+        // Renderers follow the machine; attempts in flight follow renderers.
+        assert!(config.worker.renderers >= 2);
+        assert_eq!(config.worker.concurrency, 16 * config.worker.renderers);
     }
 
     #[test]

@@ -1,24 +1,28 @@
-//! One attempt at one job, start to end: expiry check, claim, render on a
-//! blocking thread, upload, commit — with the lease renewed all along. The
-//! renderer actor runs it; it returns how the delivery must be settled.
+//! One attempt at one job, start to end, as a task of its pool: claim (group
+//! commit) → document → render (waits for a renderer) → upload (uploader) →
+//! `done` (group commit), with the lease renewed all along. Returns how the
+//! delivery must be settled.
+//!
+//! Only the render holds a renderer; everything else is waiting, and any
+//! number of attempts wait at once.
 
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use metrics::{counter, histogram};
+use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use tracing::{info, warn};
 
 use crate::metrics::{JOB_ATTEMPTS, JOB_STAGE_DURATION, JOBS_FINISHED};
-use crate::render::{self, Format, RenderError};
+use crate::render::RenderError;
 use crate::storage::blobs::{ArtifactMeta, BlobError, StoredArtifact};
 use crate::storage::jobs::lifecycle::{self, Artifact, Claim};
 use crate::storage::jobs::{JobError, JobView, artifact_key};
 
 use super::context::Ctx;
-use super::ticket::{Settle, Ticket};
-use super::uploader::UploaderMsg;
+use super::protocol::{PoolMsg, RenderJob, Rendered, Settle, Ticket, UploaderMsg};
 
 /// How long a delivery waits before looking again when PostgreSQL is down.
 const DATABASE_RETRY: Duration = Duration::from_secs(1);
@@ -39,6 +43,13 @@ enum AttemptError {
     Storage(#[from] BlobError),
     #[error("database: {0}")]
     Database(#[from] JobError),
+    /// The lease renewal found the job taken over: another worker owns it
+    /// now, with a delivery of its own, and this attempt must store nothing.
+    #[error("lease lost")]
+    LeaseLost,
+    /// The renderer died (a panic) with this job's document.
+    #[error("renderer crashed")]
+    Crashed,
     #[error("{0}")]
     Internal(String),
 }
@@ -49,7 +60,30 @@ impl AttemptError {
         match self {
             AttemptError::Render(e) => e.is_permanent(),
             AttemptError::Storage(e) => !e.is_transient(),
-            AttemptError::Database(_) | AttemptError::Internal(_) => false,
+            AttemptError::Database(_)
+            | AttemptError::LeaseLost
+            | AttemptError::Crashed
+            | AttemptError::Internal(_) => false,
+        }
+    }
+
+    /// What the job's `error` tells the client: what went wrong, in words
+    /// that hold no internals (hosts, SQL, library messages), which stay in
+    /// the logs. A document's own fault is told in full, since the client
+    /// can fix it.
+    fn public_message(&self) -> String {
+        match self {
+            AttemptError::Render(RenderError::Invalid(e)) => format!("invalid document: {e}"),
+            AttemptError::Render(e) if e.is_permanent() => {
+                "the document could not be rendered".into()
+            }
+            AttemptError::Render(_) => "rendering failed for a temporary reason".into(),
+            AttemptError::Storage(_) => "the artifact could not be stored".into(),
+            AttemptError::Database(_) => "the job's state could not be recorded".into(),
+            AttemptError::Crashed => "the renderer stopped unexpectedly".into(),
+            AttemptError::LeaseLost | AttemptError::Internal(_) => {
+                "the worker could not finish the attempt".into()
+            }
         }
     }
 
@@ -60,59 +94,55 @@ impl AttemptError {
             AttemptError::Render(_) => "render_failed",
             AttemptError::Storage(_) => "storage_failed",
             AttemptError::Database(_) => "database_failed",
-            AttemptError::Internal(_) => "worker_failed",
+            AttemptError::Crashed => "worker_crashed",
+            AttemptError::LeaseLost | AttemptError::Internal(_) => "worker_failed",
         }
     }
 }
 
 /// Runs one attempt of `ticket` and says how to settle its delivery.
-///
-/// Panics only through the test fault hook; a panic kills the renderer actor
-/// and its pool settles the delivery as a failed attempt.
-pub(crate) async fn run(ctx: &Ctx, ticket: &Ticket) -> Settle {
-    match try_run(ctx, ticket).await {
+pub(crate) async fn run(ctx: &Ctx, pool: &ActorRef<PoolMsg>, ticket: &Ticket) -> Settle {
+    match try_run(ctx, pool, ticket).await {
         Ok(settle) => settle,
-        Err(err) => {
+        Err(err) if err.is_unavailable() => {
             warn!(job_id = %ticket.job_id, error = %err, "database unavailable; retrying the delivery");
             Settle::Defer(DATABASE_RETRY)
+        }
+        // PostgreSQL answered, and will answer the same again: spend an
+        // attempt, so the job ends `failed` instead of looping.
+        Err(err) => {
+            warn!(job_id = %ticket.job_id, error = %err, "database refused a job write");
+            let text = AttemptError::Database(err).public_message();
+            if let Err(err) = failed_attempt(ctx, ticket, &text, "database_failed").await {
+                warn!(job_id = %ticket.job_id, error = %err, "could not record the failure");
+            }
+            Settle::Retry
         }
     }
 }
 
-async fn try_run(ctx: &Ctx, ticket: &Ticket) -> Result<Settle, JobError> {
-    let pool = &ctx.pool;
-    let owner = ctx.worker_id.as_str();
-    let lease = ctx.config.worker.lease;
-
-    if let Some(view) =
-        lifecycle::expire_if_stale(pool, ticket.job_id, ctx.config.worker.job_ttl).await?
-    {
-        finished(ctx, &view, "expired");
-        return Ok(Settle::DeadLetter("expired".into()));
-    }
-    let view = match lifecycle::claim(pool, ticket.job_id, owner, lease).await? {
-        Claim::Claimed(view) => view,
-        Claim::Finished(_) => return Ok(Settle::Ack),
-        Claim::Missing => {
-            warn!(job_id = %ticket.job_id, "message for an unknown job; dropped");
-            return Ok(Settle::Ack);
-        }
-        Claim::Leased { until } => {
-            let wait = (until - Utc::now()).to_std().unwrap_or_default();
-            return Ok(Settle::Defer(wait.clamp(MIN_DEFER, MAX_DEFER)));
-        }
+async fn try_run(ctx: &Ctx, pool: &ActorRef<PoolMsg>, ticket: &Ticket) -> Result<Settle, JobError> {
+    let (view, payload) = match ctx.commits.claim(ticket.job_id).await? {
+        Some(claimed) => (claimed.view, claimed.payload),
+        None => match claim_slowly(ctx, ticket).await? {
+            Ok(view) => (view, None),
+            Err(settle) => return Ok(settle),
+        },
     };
-    counter!(JOB_ATTEMPTS, "format" => ticket.format.as_str()).increment(1);
+    let format = ticket.format.as_str();
+    counter!(JOB_ATTEMPTS, "format" => format).increment(1);
     if ticket.attempt == 1 {
         let waited = (view.started_at.unwrap_or_else(Utc::now) - view.created_at)
             .to_std()
             .unwrap_or_default();
-        histogram!(JOB_STAGE_DURATION, "stage" => "queue_wait", "format" => ticket.format.as_str())
+        histogram!(JOB_STAGE_DURATION, "stage" => "queue_wait", "format" => format)
             .record(waited.as_secs_f64());
     }
     ctx.cache_status(view.clone());
 
-    let work = work(ctx, ticket, &view);
+    let (owner, lease) = (ctx.worker_id.as_str(), ctx.config.worker.lease);
+    let lost = AtomicBool::new(false);
+    let work = work(ctx, pool, ticket, &view, payload, &lost);
     tokio::pin!(work);
     let mut renew = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
     renew.tick().await;
@@ -120,9 +150,12 @@ async fn try_run(ctx: &Ctx, ticket: &Ticket) -> Result<Settle, JobError> {
         tokio::select! {
             outcome = &mut work => break outcome,
             _ = renew.tick() => {
-                match lifecycle::renew_lease(pool, ticket.job_id, owner, lease).await {
+                match lifecycle::renew_lease(&ctx.db, ticket.job_id, owner, lease).await {
                     Ok(true) => {}
-                    Ok(false) => warn!(job_id = %ticket.job_id, "lease lost mid-attempt"),
+                    Ok(false) => {
+                        warn!(job_id = %ticket.job_id, "lease lost mid-attempt");
+                        lost.store(true, Ordering::SeqCst);
+                    }
                     Err(err) => warn!(job_id = %ticket.job_id, error = %err, "lease renewal failed"),
                 }
             }
@@ -131,7 +164,7 @@ async fn try_run(ctx: &Ctx, ticket: &Ticket) -> Result<Settle, JobError> {
 
     match outcome {
         Ok(artifact) => {
-            match lifecycle::mark_done(pool, ticket.job_id, owner, &artifact).await? {
+            match ctx.commits.done(ticket.job_id, artifact).await? {
                 Some(view) => finished(ctx, &view, "done"),
                 // Lost the lease and someone else committed or holds the job
                 // (with its own delivery): this delivery is a duplicate.
@@ -139,41 +172,70 @@ async fn try_run(ctx: &Ctx, ticket: &Ticket) -> Result<Settle, JobError> {
             }
             Ok(Settle::Ack)
         }
+        Err(AttemptError::LeaseLost) => {
+            info!(job_id = %ticket.job_id, "lease lost; stopped before storing anything");
+            Ok(Settle::Ack)
+        }
         Err(err) if err.is_permanent() => {
-            let text = err.to_string();
+            warn!(job_id = %ticket.job_id, error = %err, "attempt failed for good");
+            let text = err.public_message();
             if let Some(view) =
-                lifecycle::mark_failed(pool, ticket.job_id, owner, &text, err.code()).await?
+                lifecycle::mark_failed(&ctx.db, ticket.job_id, owner, &text, err.code()).await?
             {
                 finished(ctx, &view, "failed");
             }
             Ok(Settle::DeadLetter(format!("{}: {text}", err.code())))
         }
         Err(err) => {
-            let text = err.to_string();
-            warn!(job_id = %ticket.job_id, attempt = ticket.attempt, error = %text, "attempt failed");
-            failed_attempt(ctx, ticket, &text, err.code()).await?;
+            warn!(job_id = %ticket.job_id, attempt = ticket.attempt, error = %err, "attempt failed");
+            failed_attempt(ctx, ticket, &err.public_message(), err.code()).await?;
             Ok(Settle::Retry)
         }
     }
 }
 
+/// The claim's slow path, for a job the group commit did not take: expired,
+/// finished, leased elsewhere or missing. `Ok(view)` when claimed after all.
+async fn claim_slowly(ctx: &Ctx, ticket: &Ticket) -> Result<Result<JobView, Settle>, JobError> {
+    let worker = &ctx.config.worker;
+    if let Some(view) = lifecycle::expire_if_stale(&ctx.db, ticket.job_id, worker.job_ttl).await? {
+        finished(ctx, &view, "expired");
+        return Ok(Err(Settle::DeadLetter("expired".into())));
+    }
+    Ok(
+        match lifecycle::claim(&ctx.db, ticket.job_id, &ctx.worker_id, worker.lease).await? {
+            Claim::Claimed(view) => Ok(view),
+            Claim::Finished(_) => Err(Settle::Ack),
+            Claim::Missing => {
+                warn!(job_id = %ticket.job_id, "message for an unknown job; dropped");
+                Err(Settle::Ack)
+            }
+            Claim::Leased { until } => {
+                let wait = (until - Utc::now()).to_std().unwrap_or_default();
+                Err(Settle::Defer(wait.clamp(MIN_DEFER, MAX_DEFER)))
+            }
+        },
+    )
+}
+
 /// Records a retryable failure: the job stays `processing` with its error
 /// until the last attempt, which marks it `failed` (its message then goes to
-/// the DLQ through the retry chain). Also used when a renderer died.
-pub(crate) async fn failed_attempt(
+/// the DLQ through the retry chain).
+async fn failed_attempt(
     ctx: &Ctx,
     ticket: &Ticket,
     error: &str,
     code: &str,
 ) -> Result<(), JobError> {
-    let pool = &ctx.pool;
     let owner = ctx.worker_id.as_str();
     if ticket.attempt >= ctx.topology.max_attempts() {
-        if let Some(view) = lifecycle::mark_failed(pool, ticket.job_id, owner, error, code).await? {
+        if let Some(view) =
+            lifecycle::mark_failed(&ctx.db, ticket.job_id, owner, error, code).await?
+        {
             finished(ctx, &view, "failed");
         }
     } else if let Some(view) =
-        lifecycle::record_attempt_error(pool, ticket.job_id, owner, error, code).await?
+        lifecycle::record_attempt_error(&ctx.db, ticket.job_id, owner, error, code).await?
     {
         ctx.cache_status(view);
     }
@@ -185,33 +247,58 @@ fn finished(ctx: &Ctx, view: &JobView, outcome: &'static str) {
     ctx.cache_status(view.clone());
 }
 
-/// Render then upload; the artifact is durable when this returns `Ok`.
-async fn work(ctx: &Ctx, ticket: &Ticket, view: &JobView) -> Result<Artifact, AttemptError> {
-    let payload = lifecycle::payload(&ctx.pool, ticket.job_id).await?;
-    fault::maybe_panic(&payload);
-    let dir = tempfile::Builder::new()
-        .prefix("artefatos-")
-        .tempdir()
-        .map_err(|e| AttemptError::Internal(format!("temporary directory: {e}")))?;
-    let out = dir
-        .path()
-        .join(format!("{}.{}", ticket.job_id, ticket.format.as_str()));
+/// Document, render, upload; the artifact is durable when this returns `Ok`.
+async fn work(
+    ctx: &Ctx,
+    pool: &ActorRef<PoolMsg>,
+    ticket: &Ticket,
+    view: &JobView,
+    payload: Option<String>,
+    lost: &AtomicBool,
+) -> Result<Artifact, AttemptError> {
+    let payload = match payload {
+        Some(payload) => payload,
+        None => lifecycle::payload(&ctx.db, ticket.job_id).await?,
+    };
+    let format = ticket.format;
+    let big = payload.len() > ctx.config.worker.big_document_bytes;
 
     let started = Instant::now();
-    render_blocking(ctx, ticket.format, payload, out.clone()).await?;
-    histogram!(JOB_STAGE_DURATION, "stage" => "render", "format" => ticket.format.as_str())
+    let rendered = match pool
+        .call(
+            |reply| {
+                PoolMsg::Render(RenderJob {
+                    job_id: ticket.job_id,
+                    format,
+                    payload,
+                    big,
+                    reply,
+                })
+            },
+            None,
+        )
+        .await
+    {
+        Ok(CallResult::Success(result)) => result?,
+        Ok(_) | Err(_) => return Err(AttemptError::Crashed),
+    };
+    histogram!(JOB_STAGE_DURATION, "stage" => "render", "format" => format.as_str())
         .record(started.elapsed().as_secs_f64());
 
-    let key = artifact_key(ticket.job_id, ticket.format);
+    // Taken over while rendering: the new owner stores its own artifact
+    // under the same key; this attempt must not overwrite it.
+    if lost.load(Ordering::SeqCst) {
+        return Err(AttemptError::LeaseLost);
+    }
+    let key = artifact_key(ticket.job_id, format);
     let meta = ArtifactMeta {
-        content_type: ticket.format.content_type().to_string(),
+        content_type: format.content_type().to_string(),
         content_disposition: crate::storage::blobs::content_disposition(&view.filename),
     };
     let started = Instant::now();
-    let stored = upload(ctx, &key, &out, meta).await?;
-    histogram!(JOB_STAGE_DURATION, "stage" => "upload", "format" => ticket.format.as_str())
+    let stored = upload(ctx, &key, rendered, meta).await?;
+    histogram!(JOB_STAGE_DURATION, "stage" => "upload", "format" => format.as_str())
         .record(started.elapsed().as_secs_f64());
-    drop(dir);
     Ok(Artifact {
         key,
         size: i64::try_from(stored.size).unwrap_or(i64::MAX),
@@ -219,44 +306,22 @@ async fn work(ctx: &Ctx, ticket: &Ticket, view: &JobView) -> Result<Artifact, At
     })
 }
 
-/// Renders on a blocking thread so no actor's mailbox or runtime worker
-/// stalls; a panic inside the renderer is re-raised here, in the actor.
-async fn render_blocking(
-    ctx: &Ctx,
-    format: Format,
-    payload: String,
-    out: PathBuf,
-) -> Result<(), AttemptError> {
-    let limits = ctx.config.limits;
-    let joined = tokio::task::spawn_blocking(move || {
-        // The payload is already in memory: the slice path skips the reader
-        // (and, for PDF, the temp-file copy its second pass would need).
-        render::render_slice(format, payload.as_bytes(), &limits, &out).map(|_| ())
-    })
-    .await;
-    match joined {
-        Ok(result) => Ok(result?),
-        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-        Err(err) => Err(AttemptError::Internal(format!("render task: {err}"))),
-    }
-}
-
 async fn upload(
     ctx: &Ctx,
     key: &str,
-    path: &Path,
+    artifact: Rendered,
     meta: ArtifactMeta,
 ) -> Result<StoredArtifact, AttemptError> {
     let uploader = ctx
         .peers
         .uploader()
         .ok_or_else(|| AttemptError::Internal("uploader not running".into()))?;
-    let (key, path) = (key.to_string(), path.to_path_buf());
+    let key = key.to_string();
     match uploader
         .call(
             |reply| UploaderMsg::Put {
                 key,
-                path,
+                artifact,
                 meta,
                 reply,
             },
@@ -299,40 +364,4 @@ mod tests {
         assert!(!disk.is_permanent());
         assert!(!AttemptError::Internal("uploader stopped".into()).is_permanent());
     }
-}
-
-/// The test-only renderer fault hook (feature `fault-injection`): a document
-/// whose title contains `fault:panic-once:<token>` panics the renderer actor
-/// the first time this process sees that token, so tests can watch a crashed
-/// actor restart and its job be retried.
-#[cfg(feature = "fault-injection")]
-mod fault {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock};
-
-    pub fn maybe_panic(payload: &str) {
-        const MARK: &str = "fault:panic-once:";
-        let Some(start) = payload.find(MARK) else {
-            return;
-        };
-        let token: String = payload[start + MARK.len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        static FIRED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-        let first = FIRED
-            .get_or_init(Default::default)
-            .lock()
-            .map(|mut fired| fired.insert(token.clone()))
-            .unwrap_or(false);
-        if first {
-            panic!("injected renderer fault {token}");
-        }
-    }
-}
-
-#[cfg(not(feature = "fault-injection"))]
-mod fault {
-    #[inline(always)]
-    pub fn maybe_panic(_payload: &str) {}
 }

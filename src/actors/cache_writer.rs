@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::storage::jobs::JobView;
 
 use super::context::Ctx;
+use super::protocol::CacheMsg;
 
 /// Longest one write may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -22,12 +23,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// Most statuses kept for a retry; past it a status is left to expire.
 const MAX_PENDING: usize = 10_000;
-
-pub(crate) enum CacheMsg {
-    Put(Box<JobView>),
-    /// Write again what an outage kept back.
-    Retry,
-}
 
 pub(crate) struct CacheWriter;
 

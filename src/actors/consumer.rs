@@ -13,7 +13,7 @@ use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::{Acker, BasicProperties, Channel, Connection};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -23,32 +23,12 @@ use crate::storage::queue::{self, QueueError};
 
 use super::context::Ctx;
 use super::health::ActorState;
-use super::pool::PoolMsg;
-use super::ticket::{Settle, Ticket};
+use super::protocol::{ConsumerMsg, PoolMsg, Settle, Ticket};
+use super::restart::backoff;
 
-pub(crate) enum ConsumerMsg {
-    /// (Re)connect and start consuming.
-    Connect,
-    /// A message from the broker, on the connection of that epoch.
-    Delivery(u64, Box<Delivery>),
-    /// The connection of that epoch ended.
-    Lost(u64, String),
-    /// The attempt of a delivery is over (from the pool).
-    Settle {
-        epoch: u64,
-        tag: u64,
-        settle: Settle,
-    },
-    /// A deferred delivery's wait is over: hand it to the pool again.
-    Redispatch { epoch: u64, tag: u64 },
-    /// The pool was restarted: tickets sent to the old one may be lost, so
-    /// hand every held delivery to the new one (duplicates are harmless).
-    RedispatchAll,
-    /// Shutdown, step 1: stop receiving; held deliveries continue.
-    StopConsuming(RpcReplyPort<()>),
-    /// Shutdown, step 2: requeue whatever is still held; answers how many.
-    RequeueAll(RpcReplyPort<usize>),
-}
+/// The first wait before reconnecting to the broker, doubling up to the max.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 pub(crate) struct Consumer;
 
@@ -262,7 +242,7 @@ impl ConsumerState {
         let count = held.len();
         for held in held {
             let job_id = held.ticket.job_id;
-            let _ = lifecycle::release_lease(&self.ctx.pool, job_id, &self.ctx.worker_id).await;
+            let _ = lifecycle::release_lease(&self.ctx.db, job_id, &self.ctx.worker_id).await;
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..Default::default()
@@ -341,9 +321,7 @@ impl Actor for Consumer {
                     }
                     Err(err) => {
                         state.failures += 1;
-                        let backoff = Duration::from_millis(200)
-                            .saturating_mul(2u32.saturating_pow(state.failures.min(5)))
-                            .min(Duration::from_secs(5));
+                        let backoff = backoff(state.failures, RECONNECT_FIRST, RECONNECT_MAX);
                         warn!(format = %state.format, error = %err, ?backoff, "cannot consume");
                         state
                             .ctx
@@ -378,7 +356,7 @@ impl Actor for Consumer {
                         .health
                         .set_state(&state.name(), ActorState::Connecting);
                     state.drop_link();
-                    myself.send_after(Duration::from_millis(200), || ConsumerMsg::Connect);
+                    myself.send_after(RECONNECT_FIRST, || ConsumerMsg::Connect);
                 }
             }
             ConsumerMsg::Settle { epoch, tag, settle } => {

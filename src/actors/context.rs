@@ -13,21 +13,22 @@ use crate::render::Format;
 use crate::storage::blobs::Blobs;
 use crate::storage::cache::Cache;
 use crate::storage::jobs::JobView;
+use crate::storage::jobs::commits::{ClaimTerms, JobCommits};
 use crate::storage::outbox::Outbox;
 use crate::storage::queue::Topology;
 
-use super::cache_writer::CacheMsg;
-use super::consumer::ConsumerMsg;
 use super::health::HealthBoard;
-use super::pool::PoolMsg;
-use super::uploader::UploaderMsg;
+use super::protocol::{CacheMsg, ConsumerMsg, PoolMsg, UploaderMsg};
 
 /// Shared by every actor of a tree; cheap to clone.
 pub(crate) type Ctx = Arc<Shared>;
 
 pub(crate) struct Shared {
     pub config: Config,
-    pub pool: PgPool,
+    /// PostgreSQL.
+    pub db: PgPool,
+    /// Group commits of this tree's claims and `done` transitions.
+    pub commits: JobCommits,
     pub cache: Cache,
     pub blobs: Blobs,
     pub outbox: Outbox,
@@ -40,18 +41,29 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Starts the group-commit collectors: call it on the runtime.
     pub fn new(
         config: Config,
-        pool: PgPool,
+        db: PgPool,
         cache: Cache,
         blobs: Blobs,
         outbox: Outbox,
         worker_id: String,
     ) -> Self {
+        let commits = JobCommits::new(
+            db.clone(),
+            ClaimTerms {
+                owner: worker_id.clone(),
+                lease: config.worker.lease,
+                job_ttl: config.worker.job_ttl,
+                inline_payload_bytes: config.worker.big_document_bytes,
+            },
+        );
         Shared {
             topology: Topology::new(&config),
             config,
-            pool,
+            db,
+            commits,
             cache,
             blobs,
             outbox,

@@ -13,12 +13,9 @@ use crate::render::Format;
 use crate::storage::queue::{self, QueueError};
 
 use super::context::Ctx;
+use super::protocol::DepthMsg;
 
 const PERIOD: Duration = Duration::from_secs(5);
-
-pub(crate) enum DepthMsg {
-    Poll,
-}
 
 pub(crate) struct DepthPoller;
 

@@ -46,7 +46,7 @@ impl Actor for Janitor {
         ctx: &mut Ctx,
     ) -> Result<(), ActorProcessingErr> {
         let stale =
-            match lifecycle::stale_artifacts(&ctx.pool, ctx.config.worker.retention, BATCH).await {
+            match lifecycle::stale_artifacts(&ctx.db, ctx.config.worker.retention, BATCH).await {
                 Ok(stale) => stale,
                 Err(err) => {
                     warn!(error = %err, "janitor scan failed");
@@ -62,7 +62,7 @@ impl Actor for Janitor {
                 ctx.health.failure("janitor", &err.to_string(), false);
                 continue;
             }
-            match lifecycle::mark_artifact_deleted(&ctx.pool, job_id).await {
+            match lifecycle::mark_artifact_deleted(&ctx.db, job_id).await {
                 Ok(Some(view)) => {
                     info!(%job_id, "artifact past retention deleted");
                     let _ = ctx.cache.forget_download_url(job_id).await;

@@ -10,13 +10,15 @@ mod cache_writer;
 mod consumer;
 mod context;
 mod depth;
+mod fault;
 mod health;
 mod janitor;
 mod pool;
+mod protocol;
 mod relay;
 mod renderer;
+mod restart;
 mod supervisor;
-mod ticket;
 mod uploader;
 
 use std::sync::Arc;
@@ -36,9 +38,9 @@ use crate::storage::outbox::Outbox;
 
 pub use health::{ActorHealth, ActorState, ActorTreeHealth};
 
-use consumer::ConsumerMsg;
 use context::{Ctx, Shared};
-use supervisor::{Child, Root, RootArgs, RootMsg};
+use protocol::{ConsumerMsg, RootMsg};
+use supervisor::{Child, Root, RootArgs};
 
 /// Everything the tree needs from the process that starts it.
 pub struct WorkerDeps {

@@ -1,37 +1,37 @@
-//! A renderer pool per format: owns `concurrency` renderer actors, queues
-//! tickets while all are busy, and restarts a renderer that dies — settling
-//! the job it held as a failed attempt, so the broker retries it.
+//! A pool per format: starts an attempt for every delivery the consumer hands
+//! it, and owns the renderers those attempts share.
+//!
+//! The attempts (`attempt.rs`) are tasks, as many as the consumer's prefetch:
+//! they spend their time waiting on PostgreSQL, S3 and the broker, which
+//! costs nothing. The renderers are actors, one per core by default: the only
+//! stage that needs a CPU. A render request waits here for a free renderer;
+//! big documents (above `ARTEFATOS_BIG_DOCUMENT_BYTES`) may hold all but one
+//! renderer, so small jobs of the same format keep finishing while a 100k-row
+//! PDF renders.
+//!
+//! A renderer that dies (a panic) is restarted after its own backoff; the
+//! attempt whose document it held sees its reply port dropped, records a
+//! failed attempt and has the delivery retried by the broker.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::task::AbortHandle;
 use tracing::{error, warn};
+use uuid::Uuid;
 
 use crate::metrics::{ACTOR_RESTARTS, JOBS_IN_FLIGHT};
 use crate::render::Format;
+use crate::storage::jobs::lifecycle;
 
 use super::attempt;
-use super::consumer::ConsumerMsg;
 use super::context::Ctx;
 use super::health::ActorState;
-use super::renderer::{Renderer, RendererArgs, RendererMsg};
-use super::supervisor::{RestartBudget, ended};
-use super::ticket::{Settle, Ticket};
-
-pub(crate) enum PoolMsg {
-    /// A delivery to render (from the consumer).
-    Run(Ticket),
-    /// A renderer finished an attempt (from the renderer).
-    Finished {
-        slot: usize,
-        ticket: Ticket,
-        settle: Settle,
-    },
-    /// Start the renderer of a slot again after its backoff.
-    Respawn(usize),
-}
+use super::protocol::{ConsumerMsg, PoolMsg, RenderJob, RendererMsg, Settle, Ticket};
+use super::renderer::{Renderer, RendererArgs};
+use super::restart::{RestartBudget, ended};
 
 pub(crate) struct Pool;
 
@@ -44,13 +44,27 @@ pub(crate) struct PoolState {
     ctx: Ctx,
     format: Format,
     slots: Vec<Slot>,
-    waiting: VecDeque<Ticket>,
+    /// Render requests waiting for a renderer, small and big apart.
+    small: VecDeque<RenderJob>,
+    big: VecDeque<RenderJob>,
+    /// Attempts running, by delivery (epoch, tag).
+    attempts: HashMap<(u64, u64), Running>,
+    /// Renderer restarts, counted for the pool as a whole: renderers that
+    /// keep dying, whichever they are, mean the pool itself is unwell.
     budget: RestartBudget,
 }
 
 struct Slot {
     actor: Option<ActorRef<RendererMsg>>,
-    busy: Option<Ticket>,
+    /// The job it is rendering, and whether that job is big.
+    busy: Option<(Uuid, bool)>,
+    /// Failed spawns in a row, for the backoff before the next.
+    failures: u32,
+}
+
+struct Running {
+    ticket: Ticket,
+    task: AbortHandle,
 }
 
 fn renderer_name(format: Format, slot: usize) -> String {
@@ -62,33 +76,62 @@ impl PoolState {
         format!("pool.{}", self.format)
     }
 
+    /// Most renderers big documents may hold at once: all but one.
+    fn big_limit(&self) -> usize {
+        self.slots.len().saturating_sub(1).max(1)
+    }
+
     fn publish_in_flight(&self) {
-        let busy = self.slots.iter().filter(|s| s.busy.is_some()).count();
-        let in_flight = busy + self.waiting.len();
+        let in_flight = self.attempts.len();
         self.ctx.health.set_in_flight(&self.name(), in_flight);
         // Ready messages alone hide work being rendered: KEDA scales on both.
         gauge!(JOBS_IN_FLIGHT, "format" => self.format.as_str()).set(in_flight as f64);
     }
 
+    /// Hands waiting render requests to idle renderers: big ones first while
+    /// they are under their limit, so a steady stream of small jobs cannot
+    /// starve them, and small ones on every renderer left.
     fn dispatch(&mut self) {
-        for slot in self.slots.iter_mut() {
-            if self.waiting.is_empty() {
-                break;
+        loop {
+            let busy_big = self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.busy, Some((_, true))))
+                .count();
+            let take_big = !self.big.is_empty() && busy_big < self.big_limit();
+            if !take_big && self.small.is_empty() {
+                return;
             }
-            if slot.busy.is_none()
-                && let Some(actor) = &slot.actor
-                && let Some(ticket) = self.waiting.pop_front()
-            {
-                match actor.cast(RendererMsg::Run(ticket.clone())) {
-                    Ok(()) => slot.busy = Some(ticket),
-                    Err(_) => self.waiting.push_front(ticket),
-                }
+            let Some(slot) = self
+                .slots
+                .iter()
+                .position(|s| s.busy.is_none() && s.actor.is_some())
+            else {
+                return;
+            };
+            let queue = if take_big {
+                &mut self.big
+            } else {
+                &mut self.small
+            };
+            let Some(job) = queue.pop_front() else {
+                return;
+            };
+            let (job_id, big) = (job.job_id, job.big);
+            let Some(actor) = &self.slots[slot].actor else {
+                return;
+            };
+            match actor.cast(RendererMsg::Render(job)) {
+                Ok(()) => self.slots[slot].busy = Some((job_id, big)),
+                // The renderer is stopping: its supervision event frees the
+                // slot; the request's reply port went with the message, so
+                // its attempt sees the failure.
+                Err(_) => self.slots[slot].actor = None,
             }
         }
-        self.publish_in_flight();
     }
 
-    fn settle(&self, ticket: Ticket, settle: Settle) {
+    fn settle(&self, ticket: &Ticket, settle: Settle) {
         match self.ctx.peers.consumer(self.format) {
             Some(consumer) => {
                 let _ = consumer.cast(ConsumerMsg::Settle {
@@ -102,23 +145,74 @@ impl PoolState {
         }
     }
 
+    fn start_attempt(&mut self, myself: &ActorRef<PoolMsg>, ticket: Ticket) {
+        let key = (ticket.epoch, ticket.tag);
+        // A delivery handed over twice (after a pool restart) runs once.
+        if self.attempts.contains_key(&key) {
+            return;
+        }
+        let (ctx, pool) = (self.ctx.clone(), myself.clone());
+        let for_task = ticket.clone();
+        let task = tokio::spawn(async move {
+            let settle = attempt::run(&ctx, &pool, &for_task).await;
+            let _ = pool.cast(PoolMsg::Finished {
+                ticket: for_task,
+                settle,
+            });
+        });
+        self.attempts.insert(
+            key,
+            Running {
+                ticket,
+                task: task.abort_handle(),
+            },
+        );
+    }
+
     async fn spawn(&mut self, myself: &ActorRef<PoolMsg>, slot: usize) {
         let name = renderer_name(self.format, slot);
         let args = RendererArgs {
-            ctx: self.ctx.clone(),
+            limits: self.ctx.config.limits,
             pool: myself.clone(),
             slot,
         };
         match Actor::spawn_linked(None, Renderer, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.slots[slot].actor = Some(actor);
+                self.slots[slot].failures = 0;
                 self.ctx.health.set_state(&name, ActorState::Running);
             }
             Err(err) => {
                 self.ctx.health.failure(&name, &err.to_string(), false);
-                myself.send_after(Duration::from_secs(1), move || PoolMsg::Respawn(slot));
+                self.slots[slot].failures += 1;
+                let wait = super::restart::backoff(
+                    self.slots[slot].failures,
+                    Duration::from_millis(100),
+                    Duration::from_secs(10),
+                );
+                myself.send_after(wait, move || PoolMsg::Respawn(slot));
             }
         }
+    }
+
+    /// Gives up: every attempt stops, its lease is given back and its
+    /// delivery is handed back as `Defer`; the consumer sends them all again
+    /// once the root has restarted the pool.
+    fn abandon_attempts(&mut self) {
+        let owner = self.ctx.worker_id.clone();
+        let mut jobs = Vec::new();
+        let attempts: Vec<Running> = self.attempts.drain().map(|(_, r)| r).collect();
+        for running in attempts {
+            running.task.abort();
+            jobs.push(running.ticket.job_id);
+            self.settle(&running.ticket, Settle::Defer(Duration::from_secs(1)));
+        }
+        let db = self.ctx.db.clone();
+        tokio::spawn(async move {
+            for job_id in jobs {
+                let _ = lifecycle::release_lease(&db, job_id, &owner).await;
+            }
+        });
     }
 }
 
@@ -132,7 +226,7 @@ impl Actor for Pool {
         myself: ActorRef<Self::Msg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        let size = args.ctx.config.worker.concurrency.max(1);
+        let size = args.ctx.config.worker.renderers.max(1);
         let mut state = PoolState {
             ctx: args.ctx,
             format: args.format,
@@ -140,15 +234,17 @@ impl Actor for Pool {
                 .map(|_| Slot {
                     actor: None,
                     busy: None,
+                    failures: 0,
                 })
                 .collect(),
-            waiting: VecDeque::new(),
+            small: VecDeque::new(),
+            big: VecDeque::new(),
+            attempts: HashMap::new(),
             budget: RestartBudget::default(),
         };
         for slot in 0..size {
             state.spawn(&myself, slot).await;
         }
-        state.ctx.peers.set_pool(state.format, myself.clone());
         Ok(state)
     }
 
@@ -158,9 +254,13 @@ impl Actor for Pool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         myself.stop_children(None);
-        // Unsettled tickets: the consumer requeues their deliveries at shutdown,
-        // or the broker does when the consumer's channel closes.
-        state.waiting.clear();
+        // Unsettled deliveries: the consumer requeues them at shutdown, or
+        // the broker does when the consumer's channel closes.
+        for (_, running) in state.attempts.drain() {
+            running.task.abort();
+        }
+        state.small.clear();
+        state.big.clear();
         Ok(())
     }
 
@@ -171,18 +271,22 @@ impl Actor for Pool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PoolMsg::Run(ticket) => {
-                state.waiting.push_back(ticket);
+            PoolMsg::Run(ticket) => state.start_attempt(&myself, ticket),
+            PoolMsg::Render(job) => {
+                if job.big {
+                    state.big.push_back(job);
+                } else {
+                    state.small.push_back(job);
+                }
             }
-            PoolMsg::Finished {
-                slot,
-                ticket,
-                settle,
-            } => {
+            PoolMsg::Idle(slot) => {
                 if let Some(s) = state.slots.get_mut(slot) {
                     s.busy = None;
                 }
-                state.settle(ticket, settle);
+            }
+            PoolMsg::Finished { ticket, settle } => {
+                state.attempts.remove(&(ticket.epoch, ticket.tag));
+                state.settle(&ticket, settle);
             }
             PoolMsg::Respawn(slot) => {
                 if state.slots[slot].actor.is_none() && !state.ctx.shutting_down() {
@@ -191,6 +295,7 @@ impl Actor for Pool {
             }
         }
         state.dispatch();
+        state.publish_in_flight();
         Ok(())
     }
 
@@ -212,6 +317,8 @@ impl Actor for Pool {
         };
         let name = renderer_name(state.format, slot);
         state.slots[slot].actor = None;
+        // The attempt it rendered for learns it from its dropped reply port.
+        state.slots[slot].busy = None;
         if state.ctx.shutting_down() {
             state.ctx.health.set_state(&name, ActorState::Stopped);
             return Ok(());
@@ -221,37 +328,19 @@ impl Actor for Pool {
         state.ctx.health.failure(&name, &reason, true);
         state.ctx.health.set_state(&name, ActorState::Restarting);
 
-        // The job it held: a failed attempt, retried by the broker.
-        if let Some(ticket) = state.slots[slot].busy.take() {
-            let text = format!("renderer crashed: {reason}");
-            if let Err(err) =
-                attempt::failed_attempt(&state.ctx, &ticket, &text, "worker_crashed").await
-            {
-                warn!(job_id = %ticket.job_id, error = %err, "could not record the crash");
-            }
-            state.settle(ticket, Settle::Retry);
-        }
-
         match state.budget.next_backoff(Instant::now()) {
             Some(backoff) => {
                 myself.send_after(backoff, move || PoolMsg::Respawn(slot));
+                state.dispatch();
                 Ok(())
             }
             None => {
-                // Escalate: the root restarts the whole pool. Every ticket this
-                // pool holds goes back to the consumer to be dispatched again.
+                // Escalate: the root restarts the whole pool with fresh
+                // renderers, and the consumer hands every delivery over again.
                 state.ctx.health.set_state(&name, ActorState::Failed);
                 myself.stop_children(None);
-                let held: Vec<Ticket> = state
-                    .slots
-                    .iter_mut()
-                    .filter_map(|s| s.busy.take())
-                    .chain(state.waiting.drain(..))
-                    .collect();
-                for ticket in held {
-                    state.settle(ticket, Settle::Defer(Duration::from_secs(1)));
-                }
-                Err(format!("renderers of {} restarted too often", state.format).into())
+                state.abandon_attempts();
+                Err(format!("renderer {name} restarted too often").into())
             }
         }
     }

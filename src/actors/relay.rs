@@ -9,12 +9,9 @@ use tracing::{debug, warn};
 
 use super::context::Ctx;
 use super::health::ActorState;
+use super::protocol::RelayMsg;
 
 const PERIOD: Duration = Duration::from_secs(1);
-
-pub(crate) enum RelayMsg {
-    Sweep,
-}
 
 pub(crate) struct Relay;
 

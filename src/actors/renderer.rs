@@ -1,22 +1,22 @@
-//! A renderer: runs one attempt at a time (see `attempt`) and reports how its
-//! delivery must be settled to the pool that owns it.
+//! A renderer: the pipeline's CPU stage. Renders one document at a time on a
+//! blocking thread and answers the attempt that asked; everything around the
+//! render (claim, upload, commit) happens elsewhere, so a renderer is busy
+//! only while a core is.
 
+use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::attempt;
-use super::context::Ctx;
-use super::pool::PoolMsg;
-use super::ticket::Ticket;
+use uuid::Uuid;
 
-pub(crate) enum RendererMsg {
-    /// Run one attempt; the pool sends the next only after `Finished`.
-    Run(Ticket),
-}
+use crate::render::{self, Format, Limits, RenderError};
+
+use super::fault;
+use super::protocol::{PoolMsg, RenderJob, Rendered, RendererMsg};
 
 pub(crate) struct Renderer;
 
 pub(crate) struct RendererArgs {
-    pub ctx: Ctx,
+    pub limits: Limits,
     pub pool: ActorRef<PoolMsg>,
     pub slot: usize,
 }
@@ -40,14 +40,49 @@ impl Actor for Renderer {
         message: RendererMsg,
         state: &mut RendererArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let RendererMsg::Run(ticket) = message;
-        let settle = attempt::run(&state.ctx, &ticket).await;
+        let RendererMsg::Render(job) = message;
+        // A panic here (the test fault hook, or one re-raised from the render
+        // thread) kills this actor: the reply port is dropped with the
+        // message, so the attempt sees its renderer crash.
+        fault::maybe_panic(&job.payload, fault::RENDERER);
+        let RenderJob {
+            job_id,
+            format,
+            payload,
+            big,
+            reply,
+        } = job;
+        let result = render_blocking(state.limits, job_id, format, payload, big).await;
+        let _ = reply.send(result);
         // The pool is this actor's supervisor; it outlives it.
-        let _ = state.pool.cast(PoolMsg::Finished {
-            slot: state.slot,
-            ticket,
-            settle,
-        });
+        let _ = state.pool.cast(PoolMsg::Idle(state.slot));
         Ok(())
+    }
+}
+
+/// Renders on a blocking thread so no actor's mailbox or runtime worker
+/// stalls; a panic inside the renderer is re-raised here, in the actor.
+async fn render_blocking(
+    limits: Limits,
+    job_id: Uuid,
+    format: Format,
+    payload: String,
+    big: bool,
+) -> Result<Rendered, RenderError> {
+    let joined = tokio::task::spawn_blocking(move || {
+        if !big {
+            let (_, bytes) = render::render_to_memory(format, payload.as_bytes(), &limits)?;
+            return Ok(Rendered::Memory(Bytes::from(bytes)));
+        }
+        let dir = tempfile::Builder::new().prefix("artefatos-").tempdir()?;
+        let path = dir.path().join(format!("{job_id}.{format}"));
+        render::render_slice(format, payload.as_bytes(), &limits, &path)?;
+        Ok(Rendered::File { dir, path })
+    })
+    .await;
+    match joined {
+        Ok(result) => result,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => Err(RenderError::Internal("render task cancelled")),
     }
 }

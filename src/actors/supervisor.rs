@@ -17,52 +17,27 @@ use crate::render::Format;
 
 use super::Role;
 use super::cache_writer::CacheWriter;
-use super::consumer::{Consumer, ConsumerArgs, ConsumerMsg};
+use super::consumer::{Consumer, ConsumerArgs};
 use super::context::Ctx;
 use super::depth::DepthPoller;
 use super::health::ActorState;
 use super::janitor::Janitor;
 use super::pool::{Pool, PoolArgs};
+use super::protocol::{ConsumerMsg, RootMsg};
 use super::relay::Relay;
+use super::restart::{RestartBudget, ended};
 use super::uploader::Uploader;
 
-/// Restarts allowed within [`RestartBudget::WINDOW`] before giving up.
-const MAX_RESTARTS: usize = 10;
-
-/// Counts recent restarts of one child and spaces them out.
-#[derive(Debug, Default)]
-pub(crate) struct RestartBudget {
-    recent: Vec<Instant>,
-}
-
-impl RestartBudget {
-    const WINDOW: Duration = Duration::from_secs(60);
-
-    /// The wait before the next restart (100 ms doubling up to 10 s), or `None`
-    /// when the child died more than [`MAX_RESTARTS`] times within the window.
-    pub fn next_backoff(&mut self, now: Instant) -> Option<Duration> {
-        self.recent
-            .retain(|at| now.duration_since(*at) < Self::WINDOW);
-        self.recent.push(now);
-        if self.recent.len() > MAX_RESTARTS {
-            return None;
-        }
-        let exponent = u32::try_from(self.recent.len() - 1)
-            .unwrap_or(u32::MAX)
-            .min(7);
-        Some((Duration::from_millis(100) * 2u32.pow(exponent)).min(Duration::from_secs(10)))
-    }
-}
-
-/// The child that ended and why, for a supervision event that says one did.
-pub(crate) fn ended(event: SupervisionEvent) -> Option<(ActorCell, String)> {
-    match event {
-        SupervisionEvent::ActorFailed(cell, err) => Some((cell, err.to_string())),
-        SupervisionEvent::ActorTerminated(cell, _, reason) => {
-            Some((cell, reason.unwrap_or_else(|| "stopped".into())))
-        }
-        _ => None,
-    }
+/// Spawns `actor` linked to `supervisor`; the error as text for the health board.
+async fn spawn<A: Actor>(
+    actor: A,
+    args: A::Arguments,
+    supervisor: ActorCell,
+) -> Result<ActorRef<A::Msg>, String> {
+    Actor::spawn_linked(None, actor, args, supervisor)
+        .await
+        .map(|(actor, _)| actor)
+        .map_err(|e| e.to_string())
 }
 
 /// A child of the root, by what it does.
@@ -106,11 +81,6 @@ impl Child {
     }
 }
 
-pub(crate) enum RootMsg {
-    /// Start a child again once its backoff has passed.
-    Restart(Child),
-}
-
 pub(crate) struct Root;
 
 pub(crate) struct RootArgs {
@@ -128,56 +98,33 @@ impl RootState {
     async fn start(&mut self, myself: &ActorRef<RootMsg>, child: Child) {
         let ctx = self.ctx.clone();
         let sup = myself.get_cell();
+        let peers = &self.ctx.peers;
         let spawned: Result<ActorCell, String> = match child {
-            Child::Consumer(format) => {
-                let args = ConsumerArgs { ctx, format };
-                Actor::spawn_linked(None, Consumer, args, sup)
-                    .await
-                    .map(|(a, _)| {
-                        self.ctx.peers.set_consumer(format, a.clone());
-                        a.get_cell()
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Child::Pool(format) => {
-                let args = PoolArgs { ctx, format };
-                Actor::spawn_linked(None, Pool, args, sup)
-                    .await
-                    .map(|(a, _)| {
-                        // A restarted pool: re-send what the old one may have lost.
-                        if let Some(consumer) = self.ctx.peers.consumer(format) {
-                            let _ = consumer.cast(ConsumerMsg::RedispatchAll);
-                        }
-                        a.get_cell()
-                    })
-                    .map_err(|e| e.to_string())
-            }
-            Child::Uploader => Actor::spawn_linked(None, Uploader, ctx, sup)
+            Child::Consumer(format) => spawn(Consumer, ConsumerArgs { ctx, format }, sup)
                 .await
-                .map(|(a, _)| {
-                    self.ctx.peers.set_uploader(a.clone());
+                .map(|a| {
+                    peers.set_consumer(format, a.clone());
                     a.get_cell()
-                })
-                .map_err(|e| e.to_string()),
-            Child::CacheWriter => Actor::spawn_linked(None, CacheWriter, ctx, sup)
-                .await
-                .map(|(a, _)| {
-                    self.ctx.peers.set_cache_writer(a.clone());
-                    a.get_cell()
-                })
-                .map_err(|e| e.to_string()),
-            Child::Relay => Actor::spawn_linked(None, Relay, ctx, sup)
-                .await
-                .map(|(a, _)| a.get_cell())
-                .map_err(|e| e.to_string()),
-            Child::Janitor => Actor::spawn_linked(None, Janitor, ctx, sup)
-                .await
-                .map(|(a, _)| a.get_cell())
-                .map_err(|e| e.to_string()),
-            Child::QueueDepth => Actor::spawn_linked(None, DepthPoller, ctx, sup)
-                .await
-                .map(|(a, _)| a.get_cell())
-                .map_err(|e| e.to_string()),
+                }),
+            Child::Pool(format) => spawn(Pool, PoolArgs { ctx, format }, sup).await.map(|a| {
+                peers.set_pool(format, a.clone());
+                // A restarted pool: re-send what the old one may have lost.
+                if let Some(consumer) = peers.consumer(format) {
+                    let _ = consumer.cast(ConsumerMsg::RedispatchAll);
+                }
+                a.get_cell()
+            }),
+            Child::Uploader => spawn(Uploader, ctx, sup).await.map(|a| {
+                peers.set_uploader(a.clone());
+                a.get_cell()
+            }),
+            Child::CacheWriter => spawn(CacheWriter, ctx, sup).await.map(|a| {
+                peers.set_cache_writer(a.clone());
+                a.get_cell()
+            }),
+            Child::Relay => spawn(Relay, ctx, sup).await.map(|a| a.get_cell()),
+            Child::Janitor => spawn(Janitor, ctx, sup).await.map(|a| a.get_cell()),
+            Child::QueueDepth => spawn(DepthPoller, ctx, sup).await.map(|a| a.get_cell()),
         };
         let name = child.name();
         match spawned {
@@ -305,22 +252,5 @@ mod tests {
             .iter()
             .position(|c| *c == Child::Consumer(Format::Pdf));
         assert!(pool < consumer);
-    }
-
-    #[test]
-    fn backoff_doubles_then_the_budget_runs_out() {
-        let mut budget = RestartBudget::default();
-        let now = Instant::now();
-        assert_eq!(budget.next_backoff(now), Some(Duration::from_millis(100)));
-        assert_eq!(budget.next_backoff(now), Some(Duration::from_millis(200)));
-        for _ in 2..MAX_RESTARTS {
-            assert!(budget.next_backoff(now).is_some());
-        }
-        assert_eq!(budget.next_backoff(now), None);
-        // Restarts older than the window no longer count.
-        let mut budget = RestartBudget::default();
-        budget.next_backoff(now);
-        let later = now + RestartBudget::WINDOW + Duration::from_secs(1);
-        assert_eq!(budget.next_backoff(later), Some(Duration::from_millis(100)));
     }
 }

@@ -1,28 +1,21 @@
-//! The uploader: stores rendered files in the artifact store (S3 multipart or
-//! the local directory) with their content type and disposition.
+//! The uploader: the pipeline's I/O stage for artifacts. Stores each
+//! rendered artifact in the artifact store (S3 or the local directory) with
+//! its content type and disposition: small ones straight from memory, big
+//! ones from their file (multipart on S3).
 //!
-//! Each upload runs as its own task and answers its caller directly, so one
-//! slow upload never holds the mailbox; the actor counts them for health.
+//! Each upload runs as its own task and answers its caller directly, so any
+//! number run at once and one slow upload never holds the mailbox; the actor
+//! counts them for health. If the actor dies, the tasks already started run
+//! on and answer.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-
-use crate::storage::blobs::{ArtifactMeta, BlobError, StoredArtifact};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::context::Ctx;
-
-pub(crate) enum UploaderMsg {
-    /// Store the file at `path` under `key`, replacing any object there.
-    Put {
-        key: String,
-        path: PathBuf,
-        meta: ArtifactMeta,
-        reply: RpcReplyPort<Result<StoredArtifact, BlobError>>,
-    },
-}
+use super::fault;
+use super::protocol::{Rendered, UploaderMsg};
 
 pub(crate) struct Uploader;
 
@@ -55,17 +48,25 @@ impl Actor for Uploader {
     ) -> Result<(), ActorProcessingErr> {
         let UploaderMsg::Put {
             key,
-            path,
+            artifact,
             meta,
             reply,
         } = message;
-        let blobs = state.ctx.blobs.clone();
+        fault::maybe_panic(&meta.content_disposition, fault::UPLOADER);
         let ctx = state.ctx.clone();
         let in_flight = state.in_flight.clone();
         ctx.health
             .set_in_flight("uploader", in_flight.fetch_add(1, Ordering::SeqCst) + 1);
         tokio::spawn(async move {
-            let result = blobs.put_file(&key, &path, &meta).await;
+            let result = match artifact {
+                Rendered::Memory(bytes) => ctx.blobs.put_bytes(&key, bytes, &meta).await,
+                // `dir` lives until the upload is over, then removes the file.
+                Rendered::File { dir, path } => {
+                    let result = ctx.blobs.put_file(&key, &path, &meta).await;
+                    drop(dir);
+                    result
+                }
+            };
             let left = in_flight.fetch_sub(1, Ordering::SeqCst) - 1;
             ctx.health.set_in_flight("uploader", left);
             // The caller may have given up (timeout); nothing to do then.

@@ -158,30 +158,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Whether a database error means "PostgreSQL is unreachable" (503) rather
-/// than a bug (500): anything but an answer from the server or a decoding
-/// problem is a connection that could not be had or was lost.
-fn is_unavailable(e: &sqlx::Error) -> bool {
-    !matches!(
-        e,
-        sqlx::Error::Database(_)
-            | sqlx::Error::RowNotFound
-            | sqlx::Error::ColumnDecode { .. }
-            | sqlx::Error::ColumnNotFound(_)
-            | sqlx::Error::ColumnIndexOutOfBounds { .. }
-            | sqlx::Error::TypeNotFound { .. }
-            | sqlx::Error::Decode(_)
-            | sqlx::Error::Encode(_)
-            | sqlx::Error::Configuration(_)
-            | sqlx::Error::InvalidArgument(_)
-    )
-}
-
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match &e {
-            JobError::Database(db) if is_unavailable(db) => ApiError::Unavailable(e.to_string()),
-            JobError::InserterStopped => ApiError::Unavailable(e.to_string()),
+            e if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }
@@ -190,7 +170,7 @@ impl From<JobError> for ApiError {
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         match &e {
-            KeyError::Database(db) if is_unavailable(db) => ApiError::Unavailable(e.to_string()),
+            e if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
             _ => ApiError::Internal(e.to_string()),
         }
     }

@@ -16,6 +16,27 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// Whether an error means "PostgreSQL could not be reached" (an outage: wait
+/// and try again) rather than an answer that will be the same next time (a
+/// refused statement, a decoding problem: a bug or bad data). The HTTP layer
+/// answers 503 for the first and 500 for the second; a worker defers the job
+/// for the first and fails the attempt for the second.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    !matches!(
+        e,
+        sqlx::Error::Database(_)
+            | sqlx::Error::RowNotFound
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::Encode(_)
+            | sqlx::Error::Configuration(_)
+            | sqlx::Error::InvalidArgument(_)
+    )
+}
+
 /// Migrations compiled into the binary, so `artefatos migrate` needs no files on disk.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

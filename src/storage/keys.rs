@@ -36,6 +36,13 @@ pub enum KeyError {
     NotFound(String),
 }
 
+impl KeyError {
+    /// PostgreSQL could not be reached: see [`crate::storage::db::is_unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, KeyError::Database(e) if crate::storage::db::is_unavailable(e))
+    }
+}
+
 /// A freshly created key: the only moment its secret exists in clear.
 #[derive(Debug, Clone)]
 pub struct NewKey {

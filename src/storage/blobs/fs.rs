@@ -66,6 +66,23 @@ impl FsBlobs {
             .map_err(|err| BlobError::Other(format!("filesystem upload failed: {err}")))?
     }
 
+    pub(super) async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        meta: &ArtifactMeta,
+    ) -> Result<StoredArtifact, BlobError> {
+        let (target, meta_path) = (self.object_path(key), self.meta_path(key));
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || {
+            write_meta(&meta_path, &meta)?;
+            write_atomically(&target, |file| file.write_all(&bytes))?;
+            Ok(StoredArtifact::of(&bytes))
+        })
+        .await
+        .map_err(|err| BlobError::Other(format!("filesystem upload failed: {err}")))?
+    }
+
     pub(super) async fn get(&self, key: &str) -> Result<BlobBody, BlobError> {
         let not_found = || BlobError::NotFound(format!("no artifact {key:?}"));
         let file = match tokio::fs::File::open(self.object_path(key)).await {
@@ -132,10 +149,7 @@ fn put_blocking(
     meta: &ArtifactMeta,
 ) -> Result<StoredArtifact, BlobError> {
     let mut reader = HashingReader::open(source)?;
-
-    let meta_json = serde_json::to_vec(meta)
-        .map_err(|err| BlobError::Other(format!("artifact metadata: {err}")))?;
-    write_atomically(meta_path, |file| file.write_all(&meta_json))?;
+    write_meta(meta_path, meta)?;
 
     write_atomically(target, |file| {
         let mut buf = vec![0; STREAM_CHUNK];
@@ -149,6 +163,14 @@ fn put_blocking(
     })?;
     let (size, sha256) = reader.finish();
     Ok(StoredArtifact { size, sha256 })
+}
+
+/// The sidecar with the content type and disposition, written before the
+/// object so a reader never finds an object without its headers.
+fn write_meta(meta_path: &Path, meta: &ArtifactMeta) -> Result<(), BlobError> {
+    let meta_json = serde_json::to_vec(meta)
+        .map_err(|err| BlobError::Other(format!("artifact metadata: {err}")))?;
+    write_atomically(meta_path, |file| file.write_all(&meta_json))
 }
 
 /// Writes a temporary file next to `target`, syncs it, renames it over

@@ -48,6 +48,17 @@ pub struct StoredArtifact {
     pub sha256: String,
 }
 
+impl StoredArtifact {
+    /// Size and SHA-256 of bytes held in memory.
+    pub fn of(bytes: &[u8]) -> StoredArtifact {
+        use sha2::{Digest, Sha256};
+        StoredArtifact {
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+}
+
 /// A download URL that works without our credentials until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresignedUrl {
@@ -135,6 +146,21 @@ impl Blobs {
         match self {
             Blobs::S3(s3) => s3.put_file(key, path, meta).await,
             Blobs::Filesystem(fs) => fs.put_file(key, path, meta).await,
+        }
+    }
+
+    /// Stores `bytes` (a small artifact rendered in memory) under `key`,
+    /// replacing any object there; no temporary file on the way.
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        meta: &ArtifactMeta,
+    ) -> Result<StoredArtifact, BlobError> {
+        key::validate(key)?;
+        match self {
+            Blobs::S3(s3) => s3.put_bytes(key, bytes, meta).await,
+            Blobs::Filesystem(fs) => fs.put_bytes(key, bytes, meta).await,
         }
     }
 

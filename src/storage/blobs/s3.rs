@@ -145,6 +145,15 @@ impl S3Blobs {
         upload::put_file(&self.client, &self.bucket, key, path, meta, self.limits).await
     }
 
+    pub(super) async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: bytes::Bytes,
+        meta: &ArtifactMeta,
+    ) -> Result<StoredArtifact, BlobError> {
+        upload::put_bytes(&self.client, &self.bucket, key, meta, bytes).await
+    }
+
     pub(super) async fn presign_get(
         &self,
         key: &str,

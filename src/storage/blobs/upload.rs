@@ -107,6 +107,32 @@ async fn put_single(
         )));
     }
     let (size, sha256) = chunks.finish().await?;
+    put_object(client, bucket, key, meta, body).await?;
+    Ok(StoredArtifact { size, sha256 })
+}
+
+/// Stores bytes already in memory (a small rendered artifact) with one
+/// PutObject, hashing them on the way.
+pub async fn put_bytes(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    meta: &ArtifactMeta,
+    body: Bytes,
+) -> Result<StoredArtifact, BlobError> {
+    let stored = StoredArtifact::of(&body);
+    put_object(client, bucket, key, meta, body).await?;
+    Ok(stored)
+}
+
+async fn put_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    meta: &ArtifactMeta,
+    body: Bytes,
+) -> Result<(), BlobError> {
+    let size = body.len();
     client
         .put_object()
         .bucket(bucket)
@@ -118,7 +144,7 @@ async fn put_single(
         .send()
         .await
         .map_err(|err| classify(&format!("put {key}"), err))?;
-    Ok(StoredArtifact { size, sha256 })
+    Ok(())
 }
 
 async fn put_multipart(

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
+use super::commits::ClaimTerms;
 use super::{JOB_VIEW_COLUMNS, JobError, JobView};
 
 /// What a delivery found when it tried to claim its job.
@@ -80,6 +81,82 @@ pub async fn claim(
     Ok(Claim::Leased {
         until: until.unwrap_or_else(Utc::now),
     })
+}
+
+/// A job claimed by a group commit, with its document when it is small.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub view: JobView,
+    /// The document's JSON text; `None` when it is stored in more than
+    /// [`ClaimTerms::inline_payload_bytes`] (read it with [`payload`]).
+    pub payload: Option<String>,
+}
+
+/// The fast path of [`claim`] for many jobs in one statement: claims those
+/// that are `queued` (and not past `job_ttl`) or `processing` with no live
+/// lease, and returns them. Rows are locked in id order, so two batches that
+/// share a job wait for each other instead of deadlocking.
+pub async fn claim_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    terms: &ClaimTerms,
+) -> Result<Vec<Claimed>, JobError> {
+    let sql = format!(
+        "UPDATE jobs SET status = 'processing', lease_owner = $2, lease_until = now() + $3, \
+         attempts = attempts + 1, started_at = COALESCE(started_at, now()), updated_at = now() \
+         WHERE id = ANY($1) AND ( \
+           (status = 'queued' AND NOT (created_at < now() - $4 AND updated_at < now() - $4)) \
+           OR (status = 'processing' AND (lease_until IS NULL OR lease_until < now()))) \
+         RETURNING {JOB_VIEW_COLUMNS}, \
+           CASE WHEN pg_column_size(payload) <= $5 THEN payload::text END AS inline_payload"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(&terms.owner)
+        .bind(interval(terms.lease))
+        .bind(interval(terms.job_ttl))
+        .bind(i32::try_from(terms.inline_payload_bytes).unwrap_or(i32::MAX))
+        .fetch_all(pool)
+        .await?;
+    use sqlx::{FromRow, Row};
+    rows.iter()
+        .map(|row| {
+            Ok(Claimed {
+                view: JobView::from_row(row)?,
+                payload: row.try_get("inline_payload")?,
+            })
+        })
+        .collect()
+}
+
+/// [`mark_done`] for many jobs of one owner in one statement; returns the
+/// jobs it moved to `done` (the others were no longer this owner's).
+pub async fn mark_done_many(
+    pool: &PgPool,
+    owner: &str,
+    items: &[(Uuid, Artifact)],
+) -> Result<Vec<JobView>, JobError> {
+    let ids: Vec<Uuid> = items.iter().map(|(id, _)| *id).collect();
+    let keys: Vec<&str> = items.iter().map(|(_, a)| a.key.as_str()).collect();
+    let sizes: Vec<i64> = items.iter().map(|(_, a)| a.size).collect();
+    let hashes: Vec<&str> = items.iter().map(|(_, a)| a.sha256.as_str()).collect();
+    let sql = format!(
+        "UPDATE jobs SET status = 'done', artifact_key = v.new_key, artifact_size = v.new_size, \
+         artifact_sha256 = v.new_sha256, error = NULL, error_code = NULL, \
+         lease_until = NULL, finished_at = now(), updated_at = now() \
+         FROM UNNEST($1::uuid[], $3::text[], $4::int8[], $5::text[]) \
+           AS v(job_id, new_key, new_size, new_sha256) \
+         WHERE jobs.id = v.job_id AND status = 'processing' AND lease_owner = $2 \
+         RETURNING {JOB_VIEW_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
+        .bind(&ids)
+        .bind(owner)
+        .bind(&keys)
+        .bind(&sizes)
+        .bind(&hashes)
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Fails a job that has waited in the queue longer than `ttl` without being

@@ -6,6 +6,7 @@
 //! retention). Every status change is a guarded `UPDATE` so that a late or
 //! duplicate message can never move a job backwards.
 
+pub mod commits;
 pub mod create;
 pub mod lifecycle;
 
@@ -118,6 +119,31 @@ pub enum JobError {
     InserterStopped,
     #[error("corrupt job row: {0}")]
     Corrupt(String),
+    /// A group commit failed; every job in it gets this copy of the reason.
+    #[error("batch commit: {reason}")]
+    Batch { reason: String, unavailable: bool },
+}
+
+impl JobError {
+    /// PostgreSQL could not be reached (or is going away with the process):
+    /// the same call may pass later. Everything else is an answer that will
+    /// not change, so a worker spends an attempt on it instead of waiting.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            JobError::Database(e) => crate::storage::db::is_unavailable(e),
+            JobError::InserterStopped => true,
+            JobError::Batch { unavailable, .. } => *unavailable,
+            JobError::Corrupt(_) => false,
+        }
+    }
+
+    /// A copy for each job of a failed batch (`sqlx::Error` is not `Clone`).
+    pub(crate) fn for_batch(&self) -> JobError {
+        JobError::Batch {
+            reason: self.to_string(),
+            unavailable: self.is_unavailable(),
+        }
+    }
 }
 
 /// The deterministic artifact key of a job: a repeated attempt overwrites the
