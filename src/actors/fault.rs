@@ -19,7 +19,7 @@ pub(crate) const RENDERER: Fault = Fault {
 };
 /// Makes the uploader panic on an artifact's file name.
 pub(crate) const UPLOADER: Fault = Fault {
-    mark: "fault:uploader-panic-once:",
+    mark: "fault-uploader-panic-once-",
     actor: "uploader",
 };
 

@@ -12,6 +12,7 @@ mod worker_failures;
 mod worker_flow;
 mod worker_lifecycle;
 mod worker_ops;
+mod worker_pipeline;
 mod worker_process;
 mod worker_queue;
 mod worker_support;

@@ -6,11 +6,15 @@
 //! as one statement, so a busy worker pays one round trip and one commit per
 //! batch rather than per job, and an idle one pays a channel hop.
 //!
-//! A failed batch fails every write in it with a copy of the reason
-//! ([`JobError::Batch`]), which keeps whether it was an outage: attempts
-//! wait out an outage and spend an attempt on anything else.
+//! A batch that PostgreSQL refuses (one job's row breaks a constraint or a
+//! trigger) is sent again one write at a time, so one bad job never fails
+//! its neighbours. A batch that fails for an outage fails every write in it
+//! with a copy of the reason ([`JobError::Batch`]), which keeps that it was
+//! an outage: attempts wait out an outage and spend an attempt on anything
+//! else.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,30 +101,47 @@ impl JobCommits {
 }
 
 async fn claim_batch(pool: &PgPool, terms: &ClaimTerms, batch: Vec<(Uuid, ClaimReply)>) {
-    let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-    match lifecycle::claim_many(pool, &ids, terms).await {
-        Ok(claimed) => {
-            let mut by_id: HashMap<Uuid, Claimed> =
-                claimed.into_iter().map(|c| (c.view.id, c)).collect();
-            for (id, reply) in batch {
-                let _ = reply.send(Ok(by_id.remove(&id)));
-            }
-        }
-        Err(err) => {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(err.for_batch()));
-            }
-        }
-    }
+    let claim = |ids: Vec<Uuid>| async move {
+        let claimed = lifecycle::claim_many(pool, &ids, terms).await?;
+        let mut by_id: HashMap<Uuid, Claimed> =
+            claimed.into_iter().map(|c| (c.view.id, c)).collect();
+        Ok(ids.iter().map(|id| by_id.remove(id)).collect())
+    };
+    answer(batch, claim).await;
 }
 
 async fn done_batch(pool: &PgPool, owner: &str, batch: Vec<((Uuid, Artifact), DoneReply)>) {
-    let (items, replies): (Vec<(Uuid, Artifact)>, Vec<DoneReply>) = batch.into_iter().unzip();
-    match lifecycle::mark_done_many(pool, owner, &items).await {
-        Ok(done) => {
-            let mut by_id: HashMap<Uuid, JobView> = done.into_iter().map(|v| (v.id, v)).collect();
-            for ((id, _), reply) in items.iter().zip(replies) {
-                let _ = reply.send(Ok(by_id.remove(id)));
+    let done = |items: Vec<(Uuid, Artifact)>| async move {
+        let done = lifecycle::mark_done_many(pool, owner, &items).await?;
+        let mut by_id: HashMap<Uuid, JobView> = done.into_iter().map(|v| (v.id, v)).collect();
+        Ok(items.iter().map(|(id, _)| by_id.remove(id)).collect())
+    };
+    answer(batch, done).await;
+}
+
+/// Runs `write` for the whole batch and answers each request with its own
+/// outcome; if PostgreSQL refuses the batch, runs it again one request at a
+/// time, so only the request it refuses fails.
+async fn answer<T, R, W, Fut>(batch: Vec<(T, oneshot::Sender<Result<R, JobError>>)>, write: W)
+where
+    T: Clone,
+    W: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, JobError>>,
+{
+    let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
+    match write(items.clone()).await {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(err) if !err.is_unavailable() && items.len() > 1 => {
+            for (item, reply) in items.into_iter().zip(replies) {
+                let result = write(vec![item]).await.and_then(|mut one| {
+                    one.pop()
+                        .ok_or_else(|| JobError::Corrupt("a write without an outcome".into()))
+                });
+                let _ = reply.send(result);
             }
         }
         Err(err) => {
