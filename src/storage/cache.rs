@@ -209,6 +209,19 @@ impl Cache {
         self.set_status(job, false).await
     }
 
+    /// Writes several transitions through in one round trip, in order (the
+    /// cache writer's batch). Fails as a whole if any write failed.
+    pub async fn put_statuses(&self, jobs: &[&JobView]) -> Result<(), CacheError> {
+        let commands = jobs
+            .iter()
+            .map(|job| self.status_command(job, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        for reply in self.execute(commands).await? {
+            reply?;
+        }
+        Ok(())
+    }
+
     /// Caches a status read from PostgreSQL, only into an empty slot (`NX`):
     /// a transition written through meanwhile is newer than what was read,
     /// and wins. Transitions themselves use [`Cache::put_status`].
@@ -217,6 +230,13 @@ impl Cache {
     }
 
     async fn set_status(&self, job: &JobView, only_if_empty: bool) -> Result<(), CacheError> {
+        let mut cmd = self.status_command(job, only_if_empty)?;
+        // SET NX answers nil when the slot was taken: not an error.
+        let _: Option<String> = self.run(&mut cmd).await?;
+        Ok(())
+    }
+
+    fn status_command(&self, job: &JobView, only_if_empty: bool) -> Result<redis::Cmd, CacheError> {
         let value = serde_json::to_string(job).map_err(|e| CacheError::Corrupt(e.to_string()))?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.status_key(job.id))
@@ -226,9 +246,7 @@ impl Cache {
         if only_if_empty {
             cmd.arg("NX");
         }
-        // SET NX answers nil when the slot was taken: not an error.
-        let _: Option<String> = self.run(&mut cmd).await?;
-        Ok(())
+        Ok(cmd)
     }
 
     /// The cached status of a job, if any.
