@@ -35,11 +35,11 @@ pub(crate) struct CacheWriter;
 pub(crate) struct CacheState {
     ctx: Ctx,
     /// Transitions not written yet, oldest first.
-    queue: VecDeque<Box<JobView>>,
+    queue: VecDeque<JobView>,
     /// A batch is being written: the next waits for it, which keeps the order.
     writing: bool,
     /// The latest status of each job that an outage kept from Redis.
-    pending: HashMap<Uuid, Box<JobView>>,
+    pending: HashMap<Uuid, JobView>,
     retry_scheduled: bool,
 }
 
@@ -50,11 +50,11 @@ impl CacheState {
             return;
         }
         let take = self.queue.len().min(MAX_BATCH);
-        let views: Vec<Box<JobView>> = self.queue.drain(..take).collect();
+        let views: Vec<JobView> = self.queue.drain(..take).collect();
         self.writing = true;
         let (cache, me) = (self.ctx.cache.clone(), myself.clone());
         tokio::spawn(async move {
-            let refs: Vec<&JobView> = views.iter().map(|v| v.as_ref()).collect();
+            let refs: Vec<&JobView> = views.iter().collect();
             let ok = match tokio::time::timeout(WRITE_TIMEOUT, cache.put_statuses(&refs)).await {
                 Ok(Ok(())) => true,
                 Ok(Err(err)) => {
@@ -70,7 +70,7 @@ impl CacheState {
         });
     }
 
-    fn written(&mut self, views: Vec<Box<JobView>>, ok: bool) {
+    fn written(&mut self, views: Vec<JobView>, ok: bool) {
         self.writing = false;
         for view in views {
             if ok {
@@ -116,7 +116,7 @@ impl Actor for CacheWriter {
         state: &mut CacheState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CacheMsg::Put(view) => state.queue.push_back(view),
+            CacheMsg::Put(view) => state.queue.push_back(*view),
             CacheMsg::Written { views, ok } => state.written(views, ok),
             CacheMsg::Retry => state.retry(),
         }

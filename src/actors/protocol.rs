@@ -138,7 +138,7 @@ pub(crate) enum CacheMsg {
     /// A status transition to write through to Redis.
     Put(Box<JobView>),
     /// A batch of writes is over (from the writer's own task).
-    Written { views: Vec<Box<JobView>>, ok: bool },
+    Written { views: Vec<JobView>, ok: bool },
     /// Write again what an outage kept back.
     Retry,
 }
