@@ -118,6 +118,10 @@ pub enum JobError {
     InserterStopped,
     #[error("corrupt job row: {0}")]
     Corrupt(String),
+    /// PostgreSQL refused the row's data (SQLSTATE class 22, e.g. a NUL in
+    /// text): the request's fault, not the service's, and a retry fails too.
+    #[error("the database refused the row: {0}")]
+    Refused(String),
 }
 
 /// The deterministic artifact key of a job: a repeated attempt overwrites the
