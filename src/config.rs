@@ -208,7 +208,7 @@ impl Config {
             large_body_bytes: parse(vars, "ARTEFATOS_LARGE_BODY_BYTES", 1024 * 1024)?,
             max_large_bodies_in_flight: parse(vars, "ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT", 4)?,
             header_read_timeout: duration(vars, "ARTEFATOS_HEADER_READ_TIMEOUT", secs(10))?,
-            request_timeout: duration(vars, "ARTEFATOS_REQUEST_TIMEOUT", secs(60))?,
+            request_timeout: duration(vars, "ARTEFATOS_REQUEST_TIMEOUT", secs(120))?,
             idempotency_ttl: duration(vars, "ARTEFATOS_IDEMPOTENCY_TTL", secs(3600))?,
             status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
             worker: WorkerConfig {

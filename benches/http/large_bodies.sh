@@ -15,11 +15,12 @@ if [ -z "${ARTEFATOS_BIN:-}" ]; then
 fi
 BIN="${ARTEFATOS_BIN:-${CARGO_TARGET_DIR:-target}/debug/artefatos}"
 
-RUN_ID="lb$(date +%s)"
+RUN_ID="lb$(date +%s)$$"
 WORK="$(mktemp -d)"
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/artefatos_bench_$RUN_ID"
 export ARTEFATOS_NAMESPACE="bench_$RUN_ID"
-export ARTEFATOS_LISTEN="127.0.0.1:18081"
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+export ARTEFATOS_LISTEN="127.0.0.1:$PORT"
 export ARTEFATOS_STORAGE_DIR="$WORK/artifacts"
 export RUST_LOG=error
 "$BIN" api &
