@@ -328,3 +328,33 @@ async fn shutdown_does_not_wait_for_a_request_that_never_ends() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn a_request_past_its_timeout_gets_503_request_timeout_and_frees_its_slot() {
+    let app = spawn_app_with(Options {
+        vars: vec![
+            ("ARTEFATOS_REQUEST_TIMEOUT", "300ms".into()),
+            ("ARTEFATOS_LARGE_BODY_BYTES", "1024".into()),
+            ("ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT", "1".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    // A body that never completes: its request is cut at the timeout…
+    let body = padded_body("trickled", 4096);
+    let mut stream = start_request(&app, &post_head(&app, body.len()), &body, 10).await;
+    let answer = read_to_close_or_response(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    // …and the large-body slot it held is free for the next one.
+    let next = app
+        .http
+        .post(format!("{}/generate", app.address))
+        .bearer_auth(&app.api_key)
+        .header("content-type", "application/json")
+        .body(padded_body("next", 4096))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(next.status(), 202);
+}
