@@ -45,6 +45,18 @@ fn padded_body(key: &str, size: usize) -> Vec<u8> {
     body
 }
 
+/// `POST /generate` of raw bytes (a padded body is no `serde_json::Value`).
+async fn post_body(app: &TestApp, body: Vec<u8>) -> reqwest::Response {
+    app.http
+        .post(format!("{}/generate", app.address))
+        .bearer_auth(&app.api_key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("POST /generate")
+}
+
 /// Reads until the peer closes; `None` if it has not within `deadline`.
 async fn read_to_close(stream: &mut TcpStream, deadline: Duration) -> Option<Vec<u8>> {
     let mut received = Vec::new();
@@ -68,21 +80,13 @@ async fn large_bodies_beyond_the_configured_number_in_flight_get_503_server_busy
     let held = padded_body("held", 8 * 1024);
     let mut slow = start_request(&app, &post_head(&app, held.len()), &held, 100).await;
 
-    let large = |key: &str| {
-        let body = padded_body(key, 4 * 1024);
-        app.http
-            .post(format!("{}/generate", app.address))
-            .bearer_auth(&app.api_key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let large = |key: &str| post_body(&app, padded_body(key, 4 * 1024));
     // Polled: the slow request takes its slot once its head is parsed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut attempt = 0;
     let refused = loop {
         attempt += 1;
-        let response = large(&format!("other-{attempt}")).await.expect("POST");
+        let response = large(&format!("other-{attempt}")).await;
         if response.status() == 503 {
             break response;
         }
@@ -106,7 +110,7 @@ async fn large_bodies_beyond_the_configured_number_in_flight_get_503_server_busy
         .expect("rest of the body");
     let answer = read_to_close_or_response(&mut slow).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    assert_eq!(large("after").await.expect("POST").status(), 202);
+    assert_eq!(large("after").await.status(), 202);
 }
 
 /// The response head of a request whose connection stays open.
@@ -347,14 +351,6 @@ async fn a_request_past_its_timeout_gets_503_request_timeout_and_frees_its_slot(
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
     // …and the large-body slot it held is free for the next one.
-    let next = app
-        .http
-        .post(format!("{}/generate", app.address))
-        .bearer_auth(&app.api_key)
-        .header("content-type", "application/json")
-        .body(padded_body("next", 4096))
-        .send()
-        .await
-        .expect("POST");
+    let next = post_body(&app, padded_body("next", 4096)).await;
     assert_eq!(next.status(), 202);
 }
