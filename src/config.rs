@@ -103,8 +103,11 @@ pub struct Config {
     /// refused with 503 `server_busy` before its body is read, so memory
     /// stays bounded whatever clients send.
     pub max_large_bodies_in_flight: usize,
-    /// Longest wait for a request's header once its connection is open
-    /// (slowloris); the connection is closed past it.
+    /// Longest wait for a request's header once its connection is ready for
+    /// one (slowloris); the connection is closed past it. hyper runs this
+    /// clock on idle keep-alive connections too, so the default stays above
+    /// nginx's 60 s upstream keep-alive: a proxy never reuses a connection
+    /// the API is closing.
     pub header_read_timeout: Duration,
     /// Longest time a request may take to produce its response head; past
     /// it the client gets 503 `request_timeout`.
@@ -207,7 +210,7 @@ impl Config {
             limits,
             large_body_bytes: parse(vars, "ARTEFATOS_LARGE_BODY_BYTES", 1024 * 1024)?,
             max_large_bodies_in_flight: parse(vars, "ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT", 4)?,
-            header_read_timeout: duration(vars, "ARTEFATOS_HEADER_READ_TIMEOUT", secs(10))?,
+            header_read_timeout: duration(vars, "ARTEFATOS_HEADER_READ_TIMEOUT", secs(75))?,
             request_timeout: duration(vars, "ARTEFATOS_REQUEST_TIMEOUT", secs(120))?,
             idempotency_ttl: duration(vars, "ARTEFATOS_IDEMPOTENCY_TTL", secs(3600))?,
             status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
