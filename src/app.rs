@@ -28,8 +28,6 @@ pub enum AppError {
     Blobs(#[from] blobs::BlobError),
     #[error("listen on {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
-    #[error("http server: {0}")]
-    Serve(std::io::Error),
     #[error(transparent)]
     Actors(#[from] ActorError),
     #[error("the actor tree stopped: an actor exceeded its restart intensity")]
@@ -72,6 +70,9 @@ impl Application {
             .map_err(|e| AppError::Listen(config.listen, e))?;
 
         let state = Shared {
+            large_bodies: Arc::new(tokio::sync::Semaphore::new(
+                config.max_large_bodies_in_flight,
+            )),
             config: Arc::new(config),
             jobs: JobStore::new(pool.clone()),
             keys: KeyRing::new(pool),
@@ -114,13 +115,16 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves (or the actor tree gives up past its
-    /// restart intensity); then drains open connections and stops the tree
-    /// (in-flight jobs get `ARTEFATOS_SHUTDOWN_GRACE`). A tree that gave up is
-    /// an error, so the process exits non-zero and its orchestrator restarts it.
+    /// restart intensity); then drains open connections for at most half of
+    /// `ARTEFATOS_SHUTDOWN_GRACE` (a slow or idle client cannot hold the
+    /// process) and stops the tree (in-flight jobs get the grace). A tree
+    /// that gave up is an error, so the process exits non-zero and its
+    /// orchestrator restarts it.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
+        let config = self.state.config.clone();
         let router = http::router(AppState::new(self.state));
         let watched = self.tree.clone();
         let stop = async move {
@@ -132,10 +136,7 @@ impl Application {
                 None => shutdown.await,
             }
         };
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(AppError::Serve);
+        serve_http(self.listener, router, &config, stop).await;
         if let Some(tree) = self.tree {
             let failed = tree.failed();
             tree.shutdown().await;
@@ -143,6 +144,80 @@ impl Application {
                 return Err(AppError::TreeFailed);
             }
         }
-        served
+        Ok(())
+    }
+}
+
+/// The HTTP server: what `axum::serve` does, plus a header-read timeout
+/// (`ARTEFATOS_HEADER_READ_TIMEOUT`: a client that trickles its header,
+/// slowloris, is disconnected) and a bounded drain once `stop` resolves.
+/// Each request carries the peer's [`ConnectInfo`](axum::extract::ConnectInfo).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    config: &Config,
+    stop: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Closes the connections still open when the drain's time is up.
+    let (close, closed) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: the same back-off
+                    // as axum::serve, rather than a busy loop.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.clone().oneshot(request)
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let mut closed = closed.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    tracing::debug!(error = %e, "http connection ended with an error");
+                },
+                _ = closed.wait_for(|closed| *closed) => {}
+            }
+        });
+    }
+    drop(listener);
+    let drain = config.worker.shutdown_grace / 2;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "http connections still open after the drain; closing them"
+        );
+        let _ = close.send(true);
     }
 }

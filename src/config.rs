@@ -103,6 +103,23 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Document limits checked before a job is accepted.
     pub limits: Limits,
+    /// Request bodies larger than this (or of unknown length) are "large":
+    /// each costs a few times its size in memory while it is parsed,
+    /// validated and fingerprinted.
+    pub large_body_bytes: usize,
+    /// Most large bodies processed at once by this process; one more is
+    /// refused with 503 `server_busy` before its body is read, so memory
+    /// stays bounded whatever clients send.
+    pub max_large_bodies_in_flight: usize,
+    /// Longest wait for a request's header once its connection is ready for
+    /// one (slowloris); the connection is closed past it. hyper runs this
+    /// clock on idle keep-alive connections too, so the default stays above
+    /// nginx's 60 s upstream keep-alive: a proxy never reuses a connection
+    /// the API is closing.
+    pub header_read_timeout: Duration,
+    /// Longest time a request may take to produce its response head; past
+    /// it the client gets 503 `request_timeout`.
+    pub request_timeout: Duration,
     /// How long the idempotency key stays in Redis.
     pub idempotency_ttl: Duration,
     /// How long a status stays cached in Redis.
@@ -203,6 +220,10 @@ impl Config {
             presign_ttl: duration(vars, "ARTEFATOS_PRESIGN_TTL", secs(15 * 60))?,
             max_body_bytes: parse(vars, "ARTEFATOS_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
             limits,
+            large_body_bytes: parse(vars, "ARTEFATOS_LARGE_BODY_BYTES", 1024 * 1024)?,
+            max_large_bodies_in_flight: parse(vars, "ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT", 4)?,
+            header_read_timeout: duration(vars, "ARTEFATOS_HEADER_READ_TIMEOUT", secs(75))?,
+            request_timeout: duration(vars, "ARTEFATOS_REQUEST_TIMEOUT", secs(120))?,
             idempotency_ttl: duration(vars, "ARTEFATOS_IDEMPOTENCY_TTL", secs(3600))?,
             status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
             worker: WorkerConfig {

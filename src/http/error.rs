@@ -11,6 +11,11 @@ use crate::storage::blobs::BlobError;
 use crate::storage::jobs::{JobError, JobStatus};
 use crate::storage::keys::KeyError;
 
+/// What a client is told when a dependency fails: the cause (which can name
+/// hosts, buckets or SQL) is logged with the request id instead.
+pub const UNAVAILABLE_DETAIL: &str =
+    "a dependency of the service is temporarily unavailable; retry shortly";
+
 /// An error as a client sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,8 +54,13 @@ pub enum ApiError {
     },
     #[error("the artifact has expired and was deleted")]
     Gone,
+    /// The cause is for the log only; clients get [`UNAVAILABLE_DETAIL`].
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    #[error("too many large requests are being processed; retry shortly")]
+    Busy,
+    #[error("the request took longer than {0:?}; retry later")]
+    Timeout(std::time::Duration),
     #[error("internal error")]
     Internal(String),
 }
@@ -75,6 +85,8 @@ impl ApiError {
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::Gone => "gone",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Busy => "server_busy",
+            ApiError::Timeout(_) => "request_timeout",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -96,7 +108,9 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Gone => StatusCode::GONE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy | ApiError::Timeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,9 +137,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(%cause, "internal error");
                 "internal error".to_string()
             }
+            // Driver and SDK messages name hosts, buckets and queries.
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "dependency unavailable");
-                self.to_string()
+                UNAVAILABLE_DETAIL.to_string()
             }
             _ => self.to_string(),
         };
@@ -149,7 +164,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::RequestInProgress | ApiError::Unavailable(_) => {
+            ApiError::RequestInProgress
+            | ApiError::Unavailable(_)
+            | ApiError::Busy
+            | ApiError::Timeout(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -162,6 +180,14 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match &e {
             e if e.is_unavailable() => ApiError::Unavailable(e.to_string()),
+            JobError::Refused(cause) => {
+                tracing::warn!(%cause, "the database refused a job row");
+                ApiError::InvalidRequest(
+                    "the request holds text the database cannot store \
+                     (such as the character U+0000)"
+                        .into(),
+                )
+            }
             _ => ApiError::Internal(e.to_string()),
         }
     }

@@ -7,18 +7,20 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Client;
 use super::error::ApiError;
+use super::fingerprint::fingerprint;
 use super::status::job_json;
 use crate::metrics::{IDEMPOTENT_REPLAYS, JOBS_CREATED};
 use crate::render::{self, Format};
@@ -43,10 +45,48 @@ struct GenerateRequest<'a> {
     document: Option<&'a RawValue>,
 }
 
+/// A slot among the large bodies this process may process at once, held
+/// from before the body is read until the response: a large body costs a
+/// few times its size in memory (the body, the payload, the buffered
+/// members of the fingerprint), so their number is what bounds the API's
+/// memory. `None` for a small body, which needs no slot.
+pub struct LargeBodySlot {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl FromRequestParts<AppState> for LargeBodySlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        match length {
+            Some(n) if n <= state.config.large_body_bytes => Ok(LargeBodySlot { _permit: None }),
+            // Too large to be read at all: the body limit answers 413.
+            Some(n) if n > state.config.max_body_bytes => Ok(LargeBodySlot { _permit: None }),
+            // Large, or of unknown length (chunked): it needs a slot. Refused
+            // at once rather than queued, so a client's retry lands on
+            // another replica or a calmer moment instead of holding a socket.
+            _ => state
+                .large_bodies
+                .clone()
+                .try_acquire_owned()
+                .map(|permit| LargeBodySlot {
+                    _permit: Some(permit),
+                })
+                .map_err(|_| ApiError::Busy),
+        }
+    }
+}
+
 /// The handler: parse, validate, then [`accept`].
 pub async fn generate(
     State(state): State<AppState>,
     Client(client): Client,
+    _slot: LargeBodySlot,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -221,58 +261,19 @@ fn idempotency_key(headers: &HeaderMap, body: Option<&str>) -> Result<String, Ap
     if key.trim().is_empty() {
         return Err(ApiError::IdempotencyKeyRequired);
     }
+    // PostgreSQL text cannot hold U+0000, and no other control character
+    // belongs in a key a client has to log and retry with.
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "control characters are not allowed".into(),
+        ));
+    }
     if key.len() > MAX_KEY_LEN {
         return Err(ApiError::InvalidIdempotencyKey(format!(
             "longer than {MAX_KEY_LEN} bytes"
         )));
     }
     Ok(key.to_string())
-}
-
-/// SHA-256 of the canonical request without its key: object keys sorted,
-/// insignificant whitespace gone, so a re-serialised retry still matches.
-pub fn fingerprint(format: Format, filename: &str, document: &RawValue) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(format.as_str().as_bytes());
-    hasher.update([0]);
-    hasher.update(filename.as_bytes());
-    hasher.update([0]);
-    match serde_json::from_str::<serde_json::Value>(document.get()) {
-        Ok(value) => canonical(&value, &mut hasher),
-        Err(_) => hasher.update(document.get().as_bytes()),
-    }
-    hasher.finalize().into()
-}
-
-fn canonical(value: &serde_json::Value, out: &mut Sha256) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.update(b"{");
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                out.update(Value::String(key.clone()).to_string().as_bytes());
-                out.update(b":");
-                canonical(&map[key], out);
-            }
-            out.update(b"}");
-        }
-        Value::Array(items) => {
-            out.update(b"[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.update(b",");
-                }
-                canonical(item, out);
-            }
-            out.update(b"]");
-        }
-        scalar => out.update(scalar.to_string().as_bytes()),
-    }
 }
 
 /// A filename safe for a `Content-Disposition` header and any file system:
@@ -311,16 +312,5 @@ mod tests {
         );
         assert_eq!(sanitize_filename("a\"b\r\nc", Format::Pdf), "abc.pdf");
         assert_eq!(sanitize_filename("  ", Format::Pdf), "document.pdf");
-    }
-
-    #[test]
-    fn fingerprints_ignore_key_order_and_whitespace() {
-        let a: Box<RawValue> = serde_json::from_str(r#"{"a": 1, "b": [1, 2]}"#).unwrap();
-        let b: Box<RawValue> = serde_json::from_str(r#"{"b":[1,2],"a":1}"#).unwrap();
-        let c: Box<RawValue> = serde_json::from_str(r#"{"b":[2,1],"a":1}"#).unwrap();
-        let fp = |d: &RawValue| fingerprint(Format::Pdf, "x.pdf", d);
-        assert_eq!(fp(&a), fp(&b));
-        assert_ne!(fp(&a), fp(&c));
-        assert_ne!(fp(&a), fingerprint(Format::Xlsx, "x.pdf", &a));
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod download;
 pub mod error;
+pub mod fingerprint;
 pub mod generate;
 pub mod health;
 pub mod metrics;
@@ -13,8 +14,11 @@ pub mod status;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -53,6 +57,8 @@ pub struct Shared {
     pub cache: Cache,
     pub blobs: Blobs,
     pub outbox: Outbox,
+    /// Slots for large request bodies (`ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT`).
+    pub large_bodies: Arc<Semaphore>,
     /// The actor tree of this process, for `/health/actors`.
     pub actors: Option<Arc<dyn health::ActorTree>>,
 }
@@ -72,9 +78,41 @@ pub fn router(state: AppState) -> Router {
         .route("/health/actors", get(health::actors))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
+        ))
         .route_layer(axum::middleware::from_fn(metrics::track))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// `ARTEFATOS_REQUEST_TIMEOUT`: a request whose response head is not ready
+/// in time gets 503 `request_timeout` (a streamed download's body is not
+/// bounded by it). Dropping a `POST /generate` midway is safe: the job is
+/// created once or not at all, and the client's retry with its key finds it.
+async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::Timeout(limit).into_response(),
+    }
+}
+
+/// The span of every request, with its `x-request-id`, so a log line about
+/// an error a client saw (with only a safe message) can be found by its id.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %request.uri().path(),
+        request_id = %id,
+    )
 }

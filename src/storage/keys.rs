@@ -25,7 +25,22 @@ pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(5);
 /// expired went to PostgreSQL at once: 64 look-ups competing for the pool
 /// every five seconds, a latency spike the load test saw.
 const AUTH_REFRESH_AFTER: Duration = Duration::from_secs(4);
+/// Most cached look-ups; past it the least recently used eighth is evicted
+/// (not the whole cache, which made every busy key miss at once).
 const AUTH_CACHE_MAX_ENTRIES: usize = 10_000;
+/// Length of a key: `af_` and 64 hex digits.
+const KEY_LEN: usize = 3 + 64;
+
+/// Whether `secret` has the shape of a key this module creates (`af_` and
+/// 64 lowercase hex digits). Anything else is refused without a look-up, so
+/// random tokens cost neither a PostgreSQL query nor a cache entry.
+pub fn is_well_formed(secret: &str) -> bool {
+    secret.len() == KEY_LEN
+        && secret.starts_with("af_")
+        && secret[3..]
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// Failures of the key store.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +141,40 @@ fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Key digest → what PostgreSQL said about it.
-type AuthCache = HashMap<[u8; 32], Verdict>;
+/// Key digest → what PostgreSQL said about it, with least-recently-used
+/// eviction.
+#[derive(Default)]
+struct AuthCache {
+    entries: HashMap<[u8; 32], Verdict>,
+    /// Counts uses; an entry's `used` is the tick of its last use.
+    tick: u64,
+}
+
+impl AuthCache {
+    /// The entry for `digest`, marked as just used.
+    fn touch(&mut self, digest: &[u8; 32]) -> Option<&mut Verdict> {
+        self.tick += 1;
+        let tick = self.tick;
+        let verdict = self.entries.get_mut(digest)?;
+        verdict.used = tick;
+        Some(verdict)
+    }
+
+    /// Stores `verdict`, first evicting the least recently used eighth of
+    /// the entries when the cache is full: a flood of distinct tokens evicts
+    /// its own entries, never a key in steady use.
+    fn insert(&mut self, digest: [u8; 32], mut verdict: Verdict, capacity: usize) {
+        if self.entries.len() >= capacity && !self.entries.contains_key(&digest) {
+            let mut uses: Vec<u64> = self.entries.values().map(|v| v.used).collect();
+            let evict = (capacity / 8).max(1).min(uses.len());
+            let (_, &mut oldest_kept, _) = uses.select_nth_unstable(evict - 1);
+            self.entries.retain(|_, v| v.used > oldest_kept);
+        }
+        self.tick += 1;
+        verdict.used = self.tick;
+        self.entries.insert(digest, verdict);
+    }
+}
 
 /// One cached look-up.
 struct Verdict {
@@ -137,6 +184,8 @@ struct Verdict {
     asked_at: Instant,
     /// A background refresh is under way.
     refreshing: bool,
+    /// The cache's tick at the last use, for LRU eviction.
+    used: u64,
 }
 
 impl Verdict {
@@ -166,12 +215,15 @@ impl KeyRing {
     pub fn new(pool: PgPool) -> Self {
         KeyRing {
             pool,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            cache: Arc::new(Mutex::new(AuthCache::default())),
         }
     }
 
     /// The client owning this secret, or `None` for an unknown or revoked key.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Uuid>, KeyError> {
+        if !is_well_formed(secret) {
+            return Ok(None);
+        }
         let digest = hash(secret);
         if let Some((client, refresh)) = self.cached(&digest) {
             if refresh {
@@ -193,7 +245,7 @@ impl KeyRing {
     /// caller should refresh it.
     fn cached(&self, digest: &[u8; 32]) -> Option<(Option<Uuid>, bool)> {
         let mut cache = self.cache.lock().ok()?;
-        cache.get_mut(digest)?.consult(Instant::now())
+        cache.touch(digest)?.consult(Instant::now())
     }
 
     /// Asks PostgreSQL and caches the answer.
@@ -206,11 +258,9 @@ impl KeyRing {
         .fetch_optional(&self.pool)
         .await?;
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= AUTH_CACHE_MAX_ENTRIES {
-                cache.clear();
-            }
             // A slow refresh must not replace a look-up sent after it.
             if cache
+                .entries
                 .get(&digest)
                 .is_none_or(|cached| cached.asked_at <= asked_at)
             {
@@ -218,8 +268,9 @@ impl KeyRing {
                     client,
                     asked_at,
                     refreshing: false,
+                    used: 0,
                 };
-                cache.insert(digest, verdict);
+                cache.insert(digest, verdict, AUTH_CACHE_MAX_ENTRIES);
             }
         }
         Ok(client)
@@ -235,7 +286,41 @@ mod tests {
             client: Some(Uuid::nil()),
             asked_at: now - ago,
             refreshing: false,
+            used: 0,
         }
+    }
+
+    #[test]
+    fn only_keys_of_the_issued_shape_are_well_formed() {
+        let good = format!("af_{}", "0123456789abcdef".repeat(4));
+        assert!(is_well_formed(&good));
+        assert!(!is_well_formed(&good.to_uppercase()));
+        assert!(!is_well_formed(&good[..good.len() - 1]));
+        assert!(!is_well_formed(&format!("{good}0")));
+        assert!(!is_well_formed(&good.replace("af_", "ag_")));
+        assert!(!is_well_formed(&good.replacen('0', "g", 1)));
+        assert!(!is_well_formed("af_é"));
+    }
+
+    #[test]
+    fn a_flood_of_distinct_tokens_never_evicts_a_key_in_use() {
+        let now = Instant::now();
+        let capacity = 1_000;
+        let mut cache = AuthCache::default();
+        let busy = [0xAA; 32];
+        cache.insert(busy, verdict_asked(Duration::ZERO, now), capacity);
+        for i in 0..20 * capacity as u32 {
+            let mut digest = [0u8; 32];
+            digest[..4].copy_from_slice(&i.to_be_bytes());
+            cache.insert(digest, verdict_asked(Duration::ZERO, now), capacity);
+            // The legitimate key is used all along, every few strangers.
+            if i % 50 == 0 {
+                assert!(cache.touch(&busy).is_some(), "evicted after {i} tokens");
+            }
+            assert!(cache.entries.len() <= capacity);
+        }
+        // The flood evicted its own entries, a few at a time, not everything.
+        assert!(cache.entries.len() > capacity * 7 / 8);
     }
 
     #[test]

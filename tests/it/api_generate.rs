@@ -25,7 +25,7 @@ pub async fn work_queue_depth(app: &TestApp, format: Format) -> u32 {
     depth
 }
 
-async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+pub async fn problem(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status(), status, "expected {status} {code}");
     assert_eq!(
         response.headers()["content-type"],
@@ -445,7 +445,7 @@ async fn a_key_in_steady_use_stops_working_within_the_auth_cache_ttl_of_its_revo
 
 #[tokio::test]
 async fn a_key_held_by_a_request_in_flight_answers_409_with_retry_after() {
-    use artefatos::http::generate::fingerprint;
+    use artefatos::http::fingerprint::fingerprint;
     use artefatos::storage::cache::{Cache, Reservation};
 
     let app = spawn_app().await;

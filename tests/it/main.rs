@@ -3,6 +3,7 @@
 
 mod api_degraded;
 mod api_generate;
+mod api_hardening;
 mod api_read;
 mod blobs;
 mod cli;

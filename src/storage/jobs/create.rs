@@ -82,7 +82,7 @@ impl JobStore {
     /// Inserts the job unless its (client, key) already has one.
     pub async fn create(&self, job: NewJob) -> Result<Created, JobError> {
         if job.payload.len() > GROUP_COMMIT_MAX_PAYLOAD {
-            return Ok(insert_one(&self.pool, &job).await?);
+            return insert_one(&self.pool, &job).await.map_err(|e| classify(&e));
         }
         let (reply, answer) = oneshot::channel();
         self.inserts
@@ -91,7 +91,7 @@ impl JobStore {
             .map_err(|_| JobError::InserterStopped)?;
         match answer.await {
             Ok(Ok(created)) => Ok(created),
-            Ok(Err(e)) => Err(JobError::Database(share(&e))),
+            Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(JobError::InserterStopped),
         }
     }
@@ -129,6 +129,18 @@ impl JobStore {
     }
 }
 
+/// A row's failure as the caller sees it: data PostgreSQL refuses (SQLSTATE
+/// class 22, "data exception") is the request's fault; anything else is the
+/// database's, shared among the batch's requests.
+fn classify(e: &sqlx::Error) -> JobError {
+    match e {
+        sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")) => {
+            JobError::Refused(db.message().to_string())
+        }
+        other => JobError::Database(share(other)),
+    }
+}
+
 /// sqlx errors are not `Clone`; a batch shares one error among its requests.
 fn share(e: &sqlx::Error) -> sqlx::Error {
     match e {
@@ -144,36 +156,43 @@ async fn insert_batch(
     held: &Held<PoolConnection<Postgres>>,
     batch: Vec<(NewJob, Reply)>,
 ) {
-    let jobs: Vec<&NewJob> = batch.iter().map(|(job, _)| job).collect();
-    let result = match held.take_or(pool.acquire()).await {
-        Ok(mut conn) => {
-            let result = insert(&mut conn, &jobs).await;
-            // A refused row leaves the connection as good as it was; any
-            // other failure (I/O, protocol) may have broken it.
-            match result {
-                Ok(_) | Err(sqlx::Error::Database(_)) => held.keep(conn),
-                Err(_) => conn.close_on_drop(),
+    // A row the database refuses must not fail its neighbours: the batch is
+    // halved and each half tried again, so a bad row ends up alone in
+    // O(log n) statements (not one statement per row while every other
+    // request waits on the single insert slot).
+    let mut pending = vec![batch];
+    while let Some(batch) = pending.pop() {
+        let jobs: Vec<&NewJob> = batch.iter().map(|(job, _)| job).collect();
+        let result = match held.take_or(pool.acquire()).await {
+            Ok(mut conn) => {
+                let result = insert(&mut conn, &jobs).await;
+                // A refused row leaves the connection as good as it was; any
+                // other failure (I/O, protocol) may have broken it.
+                match result {
+                    Ok(_) | Err(sqlx::Error::Database(_)) => held.keep(conn),
+                    Err(_) => conn.close_on_drop(),
+                }
+                result
             }
-            result
-        }
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(results) => {
-            for ((_, reply), result) in batch.into_iter().zip(results) {
-                let _ = reply.send(Ok(result));
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(results) => {
+                for ((_, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
             }
-        }
-        // A row the database refuses must not fail its neighbours: retry alone.
-        Err(sqlx::Error::Database(_)) if batch.len() > 1 => {
-            for (job, reply) in batch {
-                let _ = reply.send(insert_one(pool, &job).await.map_err(Arc::new));
+            Err(sqlx::Error::Database(_)) if batch.len() > 1 => {
+                let mut first = batch;
+                let second = first.split_off(first.len() / 2);
+                pending.push(second);
+                pending.push(first);
             }
-        }
-        Err(e) => {
-            let e = Arc::new(e);
-            for (_, reply) in batch {
-                let _ = reply.send(Err(e.clone()));
+            Err(e) => {
+                let e = Arc::new(e);
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
             }
         }
     }

@@ -119,6 +119,10 @@ pub enum JobError {
     InserterStopped,
     #[error("corrupt job row: {0}")]
     Corrupt(String),
+    /// PostgreSQL refused the row's data (SQLSTATE class 22, e.g. a NUL in
+    /// text): the request's fault, not the service's, and a retry fails too.
+    #[error("the database refused the row: {0}")]
+    Refused(String),
     /// A group commit failed; every job in it gets this copy of the reason.
     #[error("batch commit: {reason}")]
     Batch { reason: String, unavailable: bool },
@@ -133,7 +137,7 @@ impl JobError {
             JobError::Database(e) => crate::storage::db::is_unavailable(e),
             JobError::InserterStopped => true,
             JobError::Batch { unavailable, .. } => *unavailable,
-            JobError::Corrupt(_) => false,
+            JobError::Corrupt(_) | JobError::Refused(_) => false,
         }
     }
 
