@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::actors::{self, ActorError, Role, WorkerDeps, WorkerHandle};
 use crate::config::Config;
+use crate::http::limit::Limiter;
 use crate::http::{self, AppState, Shared};
 use crate::storage::blobs::Blobs;
 use crate::storage::cache::Cache;
@@ -71,6 +72,7 @@ impl Application {
             .await
             .map_err(|e| AppError::Listen(config.listen, e))?;
 
+        let limits = Limiter::new(config.client_limits, pool.clone(), cache.clone());
         let state = Shared {
             config: Arc::new(config),
             jobs: JobStore::new(pool.clone()),
@@ -79,6 +81,8 @@ impl Application {
             blobs,
             outbox,
             actors: None,
+            probes: Default::default(),
+            limits,
         };
         Ok(Application {
             listener,
@@ -132,6 +136,8 @@ impl Application {
                 None => shutdown.await,
             }
         };
+        // The peer address reaches handlers: 401s are counted per address.
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(stop)
             .await

@@ -71,9 +71,31 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Artifacts older than this are deleted by the janitor; downloads answer 410.
     pub retention: Duration,
+    /// Final job rows are deleted this long after they finished (once their
+    /// artifact is gone); the idempotency key then starts a new job.
+    pub job_retention: Duration,
+    /// A `failed` job keeps its document this long after it failed, so an
+    /// operator can replay it from the DLQ; then the janitor drops it.
+    pub dlq_replay_window: Duration,
     pub queue_type: QueueType,
     /// `x-delivery-limit` for quorum queues (RabbitMQ 4 defaults it to 20).
     pub delivery_limit: u32,
+}
+
+/// Per-client limits of the API; a client's own limits (`artefatos keys
+/// limits`) override `per_second` and `max_unfinished_jobs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    /// `POST /generate` requests per second per client (token bucket refill).
+    pub per_second: u32,
+    /// Requests a client may send at once above its rate (bucket size).
+    pub burst: u32,
+    /// Jobs of one client not yet `done` or `failed` (counted approximately).
+    pub max_unfinished_jobs: u32,
+    /// 401 answers one source address may get per `auth_failure_window`
+    /// before every further request from it is answered 429.
+    pub auth_failures: u32,
+    pub auth_failure_window: Duration,
 }
 
 /// The whole configuration of one process.
@@ -99,6 +121,7 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// How long a status stays cached in Redis.
     pub status_cache_ttl: Duration,
+    pub client_limits: ClientLimits,
     pub worker: WorkerConfig,
 }
 
@@ -193,6 +216,13 @@ impl Config {
             limits,
             idempotency_ttl: duration(vars, "ARTEFATOS_IDEMPOTENCY_TTL", secs(3600))?,
             status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
+            client_limits: ClientLimits {
+                per_second: positive(vars, "ARTEFATOS_RATE_LIMIT", 1000)?,
+                burst: positive(vars, "ARTEFATOS_RATE_BURST", 2000)?,
+                max_unfinished_jobs: positive(vars, "ARTEFATOS_MAX_UNFINISHED_JOBS", 10_000)?,
+                auth_failures: positive(vars, "ARTEFATOS_AUTH_FAILURE_LIMIT", 20)?,
+                auth_failure_window: duration(vars, "ARTEFATOS_AUTH_FAILURE_WINDOW", secs(60))?,
+            },
             worker: WorkerConfig {
                 formats,
                 concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 2)?,
@@ -201,6 +231,12 @@ impl Config {
                 lease: duration(vars, "ARTEFATOS_LEASE", secs(20))?,
                 shutdown_grace: duration(vars, "ARTEFATOS_SHUTDOWN_GRACE", secs(30))?,
                 retention: duration(vars, "ARTEFATOS_RETENTION", secs(7 * 24 * 3600))?,
+                job_retention: duration(vars, "ARTEFATOS_JOB_RETENTION", secs(7 * 24 * 3600))?,
+                dlq_replay_window: duration(
+                    vars,
+                    "ARTEFATOS_DLQ_REPLAY_WINDOW",
+                    secs(3 * 24 * 3600),
+                )?,
                 queue_type,
                 delivery_limit: parse(vars, "ARTEFATOS_DELIVERY_LIMIT", 10)?,
             },
@@ -225,6 +261,23 @@ fn parse<T: FromStr>(
             reason: format!("not a valid {}", std::any::type_name::<T>()),
         }),
     }
+}
+
+/// A count that must be at least 1 (a zero limit would refuse everything).
+fn positive(
+    vars: &HashMap<String, String>,
+    name: &'static str,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let value = parse(vars, name, default)?;
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
 }
 
 fn duration(

@@ -49,6 +49,10 @@ pub enum ApiError {
     },
     #[error("the artifact has expired and was deleted")]
     Gone,
+    #[error("too many requests from this client or address; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("this client already has {0} jobs not yet done or failed; retry once some finish")]
+    TooManyJobs(u32),
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -74,6 +78,8 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::Gone => "gone",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyJobs(_) => "too_many_jobs",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -96,6 +102,9 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Gone => StatusCode::GONE,
+            ApiError::RateLimited { .. } | ApiError::TooManyJobs(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -149,8 +158,11 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::RequestInProgress | ApiError::Unavailable(_) => {
+            ApiError::RequestInProgress | ApiError::Unavailable(_) | ApiError::TooManyJobs(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

@@ -6,6 +6,8 @@ mod api_generate;
 mod api_read;
 mod blobs;
 mod cli;
+mod ops_limits;
+mod ops_retention;
 mod support;
 mod worker_delivery;
 mod worker_failures;
