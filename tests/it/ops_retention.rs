@@ -133,3 +133,66 @@ async fn dlq_replay_all_stops_at_the_records_present_when_it_started() {
     );
     assert!(outcomes.iter().all(|(_, o)| *o == ReplayOutcome::Missing));
 }
+
+#[tokio::test]
+async fn a_stalled_broker_holds_neither_the_sweep_nor_its_row_locks() {
+    use artefatos::storage::outbox::Outbox;
+    use artefatos::storage::queue::{CONFIRM_TIMEOUT, Publisher};
+
+    let app = spawn_app_with(Options {
+        proxy_rabbitmq: true,
+        filesystem: true,
+        ..Options::default()
+    })
+    .await;
+    let published = |id: String| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT published_at IS NOT NULL FROM jobs WHERE id = $1")
+                .bind(Uuid::parse_str(&id).unwrap())
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // A sweeper of our own, connected through the proxy before the stall.
+    let outbox = Outbox::new(app.pool.clone(), Publisher::lazy(&app.config));
+    outbox.check().await.unwrap();
+    let first: Value = app
+        .generate(&generate_body("pdf", "before"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first = first["job_id"].as_str().unwrap().to_string();
+    assert!(poll_until(Duration::from_secs(10), || published(first.clone())).await);
+
+    let proxy = app.rabbitmq_proxy.as_ref().unwrap();
+    proxy.stall();
+    let accepted = app.generate(&generate_body("pdf", "during")).await;
+    assert_eq!(
+        accepted.status(),
+        202,
+        "the API does not wait for the broker"
+    );
+    let job: Value = accepted.json().await.unwrap();
+    let job = job["job_id"].as_str().unwrap().to_string();
+    sqlx::query("UPDATE jobs SET created_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(Uuid::parse_str(&job).unwrap())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The sweep gives up within the publish timeout and commits, releasing
+    // its row locks and its connection.
+    let swept = tokio::time::timeout(CONFIRM_TIMEOUT * 2, outbox.sweep())
+        .await
+        .expect("the sweep returns while the broker is stalled");
+    assert!(swept.is_err(), "nothing was confirmed: {swept:?}");
+    assert!(!published(job.clone()).await);
+
+    // The broker returns (the stalled connections are dropped): published.
+    proxy.cut();
+    proxy.restore();
+    assert!(poll_until(Duration::from_secs(30), || published(job.clone())).await);
+}
