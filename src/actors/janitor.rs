@@ -130,7 +130,8 @@ async fn sweep_rows(ctx: &mut Ctx) {
         }
         // Best effort: the entries expire on their own (status and
         // idempotency TTLs are far shorter than any sensible retention), and
-        // the API checks PostgreSQL before trusting an idempotency entry.
+        // an idempotency entry naming a job PostgreSQL no longer has, with no
+        // cached status, is ignored by the API, which creates the new job.
         for job in &deleted {
             let _ = ctx
                 .cache

@@ -33,10 +33,10 @@ use crate::storage::cache::Cache;
 
 /// How long a client's counted unfinished jobs and its own limits are trusted.
 pub const CLIENT_REFRESH: Duration = Duration::from_secs(1);
-/// Most source addresses whose 401s are tracked; past it, finished windows
-/// are forgotten first, then everything (a flood of addresses must not grow
-/// memory without bound).
-const MAX_TRACKED_ADDRESSES: usize = 100_000;
+/// Most source addresses whose 401s are tracked (and clients with a fallback
+/// bucket); past it, finished windows are forgotten first, then everything: a
+/// flood of addresses must not grow memory without bound.
+const MAX_TRACKED: usize = 100_000;
 
 /// What this replica knows of one client.
 struct ClientState {
@@ -174,7 +174,7 @@ impl Limiter {
             return None;
         };
         let now = Instant::now();
-        if buckets.len() > MAX_TRACKED_ADDRESSES {
+        if buckets.len() > MAX_TRACKED {
             buckets.clear();
         }
         let bucket = buckets.entry(client).or_insert(LocalBucket {
@@ -209,9 +209,9 @@ impl Limiter {
         let Ok(mut failures) = self.failures.lock() else {
             return;
         };
-        if failures.len() >= MAX_TRACKED_ADDRESSES {
+        if failures.len() >= MAX_TRACKED {
             failures.retain(|_, (started, _)| started.elapsed() < window);
-            if failures.len() >= MAX_TRACKED_ADDRESSES {
+            if failures.len() >= MAX_TRACKED {
                 failures.clear();
             }
         }

@@ -215,3 +215,32 @@ async fn readiness_probes_run_at_most_once_a_second_however_often_it_is_called()
         assert!(gap.num_milliseconds() >= 1000, "probes {gap} apart");
     }
 }
+
+#[tokio::test]
+async fn a_readiness_probe_never_lifts_the_redis_breaker() {
+    let app = spawn_app_with(Options {
+        proxy_redis: true,
+        filesystem: true,
+        ..Options::default()
+    })
+    .await;
+    let proxy = app.redis_proxy.as_ref().unwrap();
+    proxy.cut();
+    // A request meets the outage: the cache cools off (2 s) and serves from PostgreSQL.
+    let response = app.get(&format!("/status/{}", Uuid::new_v4())).await;
+    assert_eq!(response.status(), 404);
+    proxy.restore();
+    let ready: Value = app
+        .http
+        .get(format!("{}/health/ready", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"]["redis"]["status"], "degraded",
+        "the probe saw the breaker, it did not lift it: {ready}"
+    );
+}

@@ -196,3 +196,63 @@ async fn a_stalled_broker_holds_neither_the_sweep_nor_its_row_locks() {
     proxy.restore();
     assert!(poll_until(Duration::from_secs(30), || published(job.clone())).await);
 }
+
+#[tokio::test]
+async fn an_idempotency_entry_naming_a_deleted_job_starts_a_new_job() {
+    let app = spawn_app_with(Options {
+        filesystem: true,
+        ..Options::default()
+    })
+    .await;
+    let body = generate_body("pdf", "entry-outlives-row");
+    let first: Value = app.generate(&body).await.json().await.unwrap();
+    let first_id = Uuid::parse_str(first["job_id"].as_str().unwrap()).unwrap();
+    let redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The entry becomes `job:{id}` in the background, after the 202.
+    let idem_pattern = format!("{}:idem:*", app.config.namespace);
+    let named = || {
+        let mut redis = redis.clone();
+        let pattern = idem_pattern.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let Some(key) = keys.first() else {
+                return false;
+            };
+            let value: String = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            value.starts_with(&format!("job:{first_id}"))
+        }
+    };
+    assert!(poll_until(Duration::from_secs(5), named).await);
+
+    // The row goes (as the retention would) and its cached status with it,
+    // but the idempotency entry naming it stays in Redis.
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
+        .bind(first_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}:status:{first_id}", app.config.namespace))
+        .query_async(&mut redis.clone())
+        .await
+        .unwrap();
+
+    let again = app.generate(&body).await;
+    assert_eq!(again.status(), 202);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    let second: Value = again.json().await.unwrap();
+    assert_ne!(second["job_id"], first["job_id"]);
+    assert_eq!(app.job_count().await, 1);
+}
