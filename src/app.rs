@@ -72,7 +72,12 @@ impl Application {
             .await
             .map_err(|e| AppError::Listen(config.listen, e))?;
 
-        let limits = Limiter::new(config.client_limits, pool.clone(), cache.clone());
+        let limits = Limiter::new(
+            config.client_limits,
+            config.client_address_header(),
+            pool.clone(),
+            cache.clone(),
+        );
         let state = Shared {
             config: Arc::new(config),
             jobs: JobStore::new(pool.clone()),

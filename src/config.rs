@@ -98,6 +98,14 @@ pub struct ClientLimits {
     pub auth_failure_window: Duration,
 }
 
+impl Config {
+    /// The header naming a request's source address, if a trusted proxy
+    /// sets it (`ARTEFATOS_CLIENT_ADDRESS_HEADER`).
+    pub fn client_address_header(&self) -> Option<&str> {
+        self.client_address_header.as_deref()
+    }
+}
+
 /// The whole configuration of one process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -122,6 +130,10 @@ pub struct Config {
     /// How long a status stays cached in Redis.
     pub status_cache_ttl: Duration,
     pub client_limits: ClientLimits,
+    /// Behind a proxy every request comes from the proxy's address: this
+    /// header (e.g. `x-forwarded-for`, its last entry, the one the nearest
+    /// proxy appended) names the client instead. Unset: the peer address.
+    pub client_address_header: Option<String>,
     pub worker: WorkerConfig,
 }
 
@@ -223,6 +235,8 @@ impl Config {
                 auth_failures: positive(vars, "ARTEFATOS_AUTH_FAILURE_LIMIT", 20)?,
                 auth_failure_window: duration(vars, "ARTEFATOS_AUTH_FAILURE_WINDOW", secs(60))?,
             },
+            client_address_header: get("ARTEFATOS_CLIENT_ADDRESS_HEADER")
+                .map(|h| h.trim().to_ascii_lowercase()),
             worker: WorkerConfig {
                 formats,
                 concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 2)?,
@@ -340,6 +354,13 @@ mod tests {
         vars.insert("ARTEFATOS_PRESIGN_TTL".to_string(), "soon".to_string());
         let err = Config::from_vars(&vars).unwrap_err().to_string();
         assert!(err.starts_with("ARTEFATOS_PRESIGN_TTL"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused() {
+        let vars = HashMap::from([("ARTEFATOS_RATE_LIMIT".to_string(), "0".to_string())]);
+        let err = Config::from_vars(&vars).unwrap_err().to_string();
+        assert!(err.starts_with("ARTEFATOS_RATE_LIMIT"), "{err}");
     }
 
     #[test]

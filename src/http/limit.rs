@@ -60,6 +60,7 @@ struct LocalBucket {
 /// The limits of one API process; see the module documentation.
 pub struct Limiter {
     settings: ClientLimits,
+    address_header: Option<axum::http::HeaderName>,
     pool: PgPool,
     cache: Cache,
     clients: Mutex<HashMap<Uuid, ClientState>>,
@@ -68,10 +69,18 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// Limits with the configured defaults, reading overrides from `pool`.
-    pub fn new(settings: ClientLimits, pool: PgPool, cache: Cache) -> Self {
+    /// Limits with the configured defaults, reading overrides from `pool`;
+    /// `address_header` names the client's address behind a trusted proxy.
+    pub fn new(
+        settings: ClientLimits,
+        address_header: Option<&str>,
+        pool: PgPool,
+        cache: Cache,
+    ) -> Self {
         Limiter {
             settings,
+            address_header: address_header
+                .and_then(|h| axum::http::HeaderName::from_bytes(h.as_bytes()).ok()),
             pool,
             cache,
             clients: Mutex::new(HashMap::new()),
@@ -194,6 +203,29 @@ impl Limiter {
         }
     }
 
+    /// The request's source address: the last entry of the configured
+    /// header (the one the nearest, trusted proxy wrote; entries before it
+    /// are the client's to forge), else (no header set, or no such header on
+    /// this request) the peer address.
+    fn source(&self, request: &Request) -> Option<IpAddr> {
+        let forwarded = self.address_header.as_ref().and_then(|name| {
+            request
+                .headers()
+                .get_all(name)
+                .iter()
+                .next_back()
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.rsplit(',').next())
+                .and_then(|last| last.trim().parse().ok())
+        });
+        forwarded.or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip())
+        })
+    }
+
     /// How long `address` must still wait, if its 401s reached the limit.
     fn blocked(&self, address: IpAddr) -> Option<Duration> {
         let window = self.settings.auth_failure_window;
@@ -258,11 +290,7 @@ pub async fn auth_failures(
     request: Request,
     next: Next,
 ) -> Response {
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
-    let Some(address) = address else {
+    let Some(address) = state.limits.source(&request) else {
         return next.run(request).await;
     };
     if let Some(left) = state.limits.blocked(address) {

@@ -244,3 +244,29 @@ async fn a_readiness_probe_never_lifts_the_redis_breaker() {
         "the probe saw the breaker, it did not lift it: {ready}"
     );
 }
+
+#[tokio::test]
+async fn behind_a_proxy_401s_are_counted_per_forwarded_address() {
+    let app = spawn_app_with(Options {
+        filesystem: true,
+        vars: vec![
+            ("ARTEFATOS_AUTH_FAILURE_LIMIT", "2".into()),
+            ("ARTEFATOS_CLIENT_ADDRESS_HEADER", "X-Forwarded-For".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let bad = format!("af_{}", "1".repeat(64));
+    let from = |forwarded: &'static str| {
+        app.http
+            .get(format!("{}/status/{}", app.address, Uuid::new_v4()))
+            .bearer_auth(&bad)
+            .header("x-forwarded-for", forwarded)
+            .send()
+    };
+    assert_eq!(from("10.0.0.1").await.unwrap().status(), 401);
+    // Only the last entry counts: the earlier ones are the client's to forge.
+    assert_eq!(from("10.0.0.9, 10.0.0.1").await.unwrap().status(), 401);
+    assert_problem(from("10.0.0.1").await.unwrap(), "rate_limited").await;
+    assert_eq!(from("10.0.0.1, 10.0.0.2").await.unwrap().status(), 401);
+}
