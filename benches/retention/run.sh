@@ -3,6 +3,9 @@
 # level off instead of growing with every job (README § Retention). One `artefatos all`
 # (API + workers, filesystem storage), wrk posting new small XLSX jobs at a paced rate,
 # and a sample of the table every SAMPLE seconds.
+# VACUUM_EACH_SAMPLE=1 (default) runs a plain VACUUM of the table before each sample, as
+# autovacuum would: this machine's PostgreSQL runs with autovacuum off (conf.d/90-ci.conf),
+# and without a vacuum no deleted or updated row's space is ever reused, retention or not.
 # Usage: benches/retention/run.sh [seconds=600]   (prints one line per sample; see BENCHMARKS.md)
 # ARTEFATOS_BIN=path runs that binary (default: this checkout's release build).
 # POST_DELAY_MS (default 20) paces each of the 2 connections: about 100 jobs/s.
@@ -55,6 +58,7 @@ printf '%8s %10s %10s %10s %12s %12s\n' seconds created rows unfinished table_kB
 start=$(date +%s)
 while kill -0 "$LOAD" 2>/dev/null; do
     sleep "$SAMPLE"
+    if [ "${VACUUM_EACH_SAMPLE:-1}" = 1 ]; then sql "VACUUM jobs"; fi
     read -r created rows unfinished table total < <(sql "
         SELECT (SELECT coalesce(max(n_tup_ins), 0) FROM pg_stat_user_tables WHERE relname = 'jobs'),
                count(*), count(*) FILTER (WHERE status IN ('queued', 'processing')),

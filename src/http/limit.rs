@@ -48,8 +48,14 @@ struct ClientState {
     /// Requests this replica admitted since that count.
     admitted_since: u64,
     counted_at: Instant,
-    refreshing: bool,
+    /// When a request started refreshing this entry; others keep using it
+    /// meanwhile. A refresh older than [`REFRESH_ABANDONED`] (its request was
+    /// dropped mid-query) no longer stops the next one.
+    refreshing_since: Option<Instant>,
 }
+
+/// How long a refresh may run before another request may start one.
+const REFRESH_ABANDONED: Duration = Duration::from_secs(5);
 
 /// A replica-local token bucket, used while Redis is unreachable.
 struct LocalBucket {
@@ -93,6 +99,10 @@ impl Limiter {
     /// `rate_limited` (with the wait) or `too_many_jobs`.
     pub async fn admit(&self, client: Uuid) -> Result<(), ApiError> {
         let (rate, max_unfinished, unfinished) = self.client(client).await;
+        // The cap first: a refused request must not spend a token too.
+        if unfinished >= u64::from(max_unfinished) {
+            return Err(ApiError::TooManyJobs(max_unfinished));
+        }
         let burst = self.settings.burst.max(rate);
         let wait = match self.cache.take_token(client, rate, burst).await {
             Ok(wait) => wait,
@@ -102,9 +112,6 @@ impl Limiter {
             return Err(ApiError::RateLimited {
                 retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
             });
-        }
-        if unfinished >= u64::from(max_unfinished) {
-            return Err(ApiError::TooManyJobs(max_unfinished));
         }
         if let Ok(mut clients) = self.clients.lock()
             && let Some(state) = clients.get_mut(&client)
@@ -125,14 +132,17 @@ impl Limiter {
             };
             if let Some(state) = clients.get_mut(&client) {
                 let fresh = now.duration_since(state.counted_at) < CLIENT_REFRESH;
-                if fresh || state.refreshing {
+                let refreshing = state
+                    .refreshing_since
+                    .is_some_and(|since| now.duration_since(since) < REFRESH_ABANDONED);
+                if fresh || refreshing {
                     return (
                         state.rate.unwrap_or(defaults.per_second),
                         state.max_unfinished.unwrap_or(defaults.max_unfinished_jobs),
                         state.unfinished + state.admitted_since,
                     );
                 }
-                state.refreshing = true;
+                state.refreshing_since = Some(now);
             }
         }
         let read = read_client(&self.pool, client, defaults.max_unfinished_jobs).await;
@@ -149,7 +159,7 @@ impl Limiter {
                         unfinished,
                         admitted_since: 0,
                         counted_at: now,
-                        refreshing: false,
+                        refreshing_since: None,
                     },
                 );
                 (
@@ -164,7 +174,7 @@ impl Limiter {
                 tracing::debug!(error = %e, %client, "client limits not refreshed");
                 match clients.get_mut(&client) {
                     Some(state) => {
-                        state.refreshing = false;
+                        state.refreshing_since = None;
                         (
                             state.rate.unwrap_or(defaults.per_second),
                             state.max_unfinished.unwrap_or(defaults.max_unfinished_jobs),
