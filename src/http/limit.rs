@@ -54,6 +54,9 @@ struct ClientState {
     refreshing_since: Option<Instant>,
 }
 
+/// How long the request that refreshes a client waits for PostgreSQL before
+/// going on with what is known (the defaults for a client never seen).
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a refresh may run before another request may start one.
 const REFRESH_ABANDONED: Duration = Duration::from_secs(5);
 
@@ -145,7 +148,12 @@ impl Limiter {
                 state.refreshing_since = Some(now);
             }
         }
-        let read = read_client(&self.pool, client, defaults.max_unfinished_jobs).await;
+        let read = tokio::time::timeout(
+            REFRESH_TIMEOUT,
+            read_client(&self.pool, client, defaults.max_unfinished_jobs),
+        )
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
         let Ok(mut clients) = self.clients.lock() else {
             return (defaults.per_second, defaults.max_unfinished_jobs, 0);
         };
@@ -168,21 +176,26 @@ impl Limiter {
                     unfinished,
                 )
             }
-            // PostgreSQL unreachable: keep what is known (the request itself
-            // will meet the outage); a client never seen gets the defaults.
+            // PostgreSQL unreachable: keep what is known, with the defaults
+            // for a client never seen, and try again in a second rather than
+            // on every request (each would wait for the pool's timeout first).
             Err(e) => {
                 tracing::debug!(error = %e, %client, "client limits not refreshed");
-                match clients.get_mut(&client) {
-                    Some(state) => {
-                        state.refreshing_since = None;
-                        (
-                            state.rate.unwrap_or(defaults.per_second),
-                            state.max_unfinished.unwrap_or(defaults.max_unfinished_jobs),
-                            state.unfinished + state.admitted_since,
-                        )
-                    }
-                    None => (defaults.per_second, defaults.max_unfinished_jobs, 0),
-                }
+                let state = clients.entry(client).or_insert(ClientState {
+                    rate: None,
+                    max_unfinished: None,
+                    unfinished: 0,
+                    admitted_since: 0,
+                    counted_at: now,
+                    refreshing_since: None,
+                });
+                state.counted_at = Instant::now();
+                state.refreshing_since = None;
+                (
+                    state.rate.unwrap_or(defaults.per_second),
+                    state.max_unfinished.unwrap_or(defaults.max_unfinished_jobs),
+                    state.unfinished + state.admitted_since,
+                )
             }
         }
     }
