@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::actors::{self, ActorError, Role, WorkerDeps, WorkerHandle};
 use crate::config::Config;
+use crate::http::limit::Limiter;
 use crate::http::{self, AppState, Shared};
 use crate::storage::blobs::Blobs;
 use crate::storage::cache::Cache;
@@ -69,6 +70,12 @@ impl Application {
             .await
             .map_err(|e| AppError::Listen(config.listen, e))?;
 
+        let limits = Limiter::new(
+            config.client_limits,
+            config.client_address_header(),
+            pool.clone(),
+            cache.clone(),
+        );
         let state = Shared {
             large_bodies: Arc::new(tokio::sync::Semaphore::new(
                 config.max_large_bodies_in_flight,
@@ -80,6 +87,8 @@ impl Application {
             blobs,
             outbox,
             actors: None,
+            probes: Default::default(),
+            limits,
         };
         Ok(Application {
             listener,

@@ -79,9 +79,39 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Artifacts older than this are deleted by the janitor; downloads answer 410.
     pub retention: Duration,
+    /// Final job rows are deleted this long after they finished (once their
+    /// artifact is gone); the idempotency key then starts a new job.
+    pub job_retention: Duration,
+    /// A `failed` job keeps its document this long after it failed, so an
+    /// operator can replay it from the DLQ; then the janitor drops it.
+    pub dlq_replay_window: Duration,
     pub queue_type: QueueType,
     /// `x-delivery-limit` for quorum queues (RabbitMQ 4 defaults it to 20).
     pub delivery_limit: u32,
+}
+
+/// Per-client limits of the API; a client's own limits (`artefatos keys
+/// limits`) override `per_second` and `max_unfinished_jobs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientLimits {
+    /// `POST /generate` requests per second per client (token bucket refill).
+    pub per_second: u32,
+    /// Requests a client may send at once above its rate (bucket size).
+    pub burst: u32,
+    /// Jobs of one client not yet `done` or `failed` (counted approximately).
+    pub max_unfinished_jobs: u32,
+    /// 401 answers one source address may get per `auth_failure_window`
+    /// before every further request from it is answered 429.
+    pub auth_failures: u32,
+    pub auth_failure_window: Duration,
+}
+
+impl Config {
+    /// The header naming a request's source address, if a trusted proxy
+    /// sets it (`ARTEFATOS_CLIENT_ADDRESS_HEADER`).
+    pub fn client_address_header(&self) -> Option<&str> {
+        self.client_address_header.as_deref()
+    }
 }
 
 /// The whole configuration of one process.
@@ -124,6 +154,11 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// How long a status stays cached in Redis.
     pub status_cache_ttl: Duration,
+    pub client_limits: ClientLimits,
+    /// Behind a proxy every request comes from the proxy's address: this
+    /// header (e.g. `x-forwarded-for`, its last entry, the one the nearest
+    /// proxy appended) names the client instead. Unset: the peer address.
+    pub client_address_header: Option<String>,
     pub worker: WorkerConfig,
 }
 
@@ -226,6 +261,15 @@ impl Config {
             request_timeout: duration(vars, "ARTEFATOS_REQUEST_TIMEOUT", secs(120))?,
             idempotency_ttl: duration(vars, "ARTEFATOS_IDEMPOTENCY_TTL", secs(3600))?,
             status_cache_ttl: duration(vars, "ARTEFATOS_STATUS_CACHE_TTL", secs(300))?,
+            client_limits: ClientLimits {
+                per_second: positive(vars, "ARTEFATOS_RATE_LIMIT", 1000)?,
+                burst: positive(vars, "ARTEFATOS_RATE_BURST", 2000)?,
+                max_unfinished_jobs: positive(vars, "ARTEFATOS_MAX_UNFINISHED_JOBS", 10_000)?,
+                auth_failures: positive(vars, "ARTEFATOS_AUTH_FAILURE_LIMIT", 20)?,
+                auth_failure_window: duration(vars, "ARTEFATOS_AUTH_FAILURE_WINDOW", secs(60))?,
+            },
+            client_address_header: get("ARTEFATOS_CLIENT_ADDRESS_HEADER")
+                .map(|h| h.trim().to_ascii_lowercase()),
             worker: WorkerConfig {
                 formats,
                 concurrency: parse(vars, "ARTEFATOS_WORKER_CONCURRENCY", 16 * renderers)?,
@@ -236,6 +280,12 @@ impl Config {
                 lease: duration(vars, "ARTEFATOS_LEASE", secs(20))?,
                 shutdown_grace: duration(vars, "ARTEFATOS_SHUTDOWN_GRACE", secs(30))?,
                 retention: duration(vars, "ARTEFATOS_RETENTION", secs(7 * 24 * 3600))?,
+                job_retention: duration(vars, "ARTEFATOS_JOB_RETENTION", secs(7 * 24 * 3600))?,
+                dlq_replay_window: duration(
+                    vars,
+                    "ARTEFATOS_DLQ_REPLAY_WINDOW",
+                    secs(3 * 24 * 3600),
+                )?,
                 queue_type,
                 delivery_limit: parse(vars, "ARTEFATOS_DELIVERY_LIMIT", 10)?,
             },
@@ -260,6 +310,23 @@ fn parse<T: FromStr>(
             reason: format!("not a valid {}", std::any::type_name::<T>()),
         }),
     }
+}
+
+/// A count that must be at least 1 (a zero limit would refuse everything).
+fn positive(
+    vars: &HashMap<String, String>,
+    name: &'static str,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let value = parse(vars, name, default)?;
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
 }
 
 fn duration(
@@ -325,6 +392,13 @@ mod tests {
         vars.insert("ARTEFATOS_PRESIGN_TTL".to_string(), "soon".to_string());
         let err = Config::from_vars(&vars).unwrap_err().to_string();
         assert!(err.starts_with("ARTEFATOS_PRESIGN_TTL"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused() {
+        let vars = HashMap::from([("ARTEFATOS_RATE_LIMIT".to_string(), "0".to_string())]);
+        let err = Config::from_vars(&vars).unwrap_err().to_string();
+        assert!(err.starts_with("ARTEFATOS_RATE_LIMIT"), "{err}");
     }
 
     #[test]

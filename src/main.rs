@@ -93,6 +93,16 @@ enum KeysCommand {
     Revoke { id_or_prefix: String },
     /// List keys (never their secrets).
     List,
+    /// Set client NAME's own limits; 0 returns a limit to the configured default.
+    Limits {
+        name: String,
+        /// `POST /generate` requests per second (ARTEFATOS_RATE_LIMIT otherwise).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Jobs not yet done or failed (ARTEFATOS_MAX_UNFINISHED_JOBS otherwise).
+        #[arg(long)]
+        max_unfinished_jobs: Option<u32>,
+    },
 }
 
 #[tokio::main]
@@ -138,6 +148,14 @@ async fn main() -> anyhow::Result<()> {
                 KeysCommand::Revoke { id_or_prefix } => {
                     keys::revoke(&pool, &id_or_prefix).await?;
                     println!("revoked");
+                }
+                KeysCommand::Limits {
+                    name,
+                    rate,
+                    max_unfinished_jobs,
+                } => {
+                    keys::set_limits(&pool, &name, rate, max_unfinished_jobs).await?;
+                    println!("limits of {name} updated");
                 }
                 KeysCommand::List => {
                     for key in keys::list(&pool).await? {
@@ -217,12 +235,32 @@ async fn dlq(config: Config, command: DlqCommand) -> anyhow::Result<()> {
                 if let Ok(Some(view)) = jobs::lifecycle::view(&pool, *id).await {
                     let _ = cache.put_status(&view).await;
                 }
-                println!("{id}  {outcome:?}");
+                let note = match outcome {
+                    storage::dlq::ReplayOutcome::Requeued => "requeued",
+                    storage::dlq::ReplayOutcome::Dropped => "dropped: the job is no longer failed",
+                    storage::dlq::ReplayOutcome::PayloadGone => {
+                        "not replayed: failed before the DLQ replay window, its document \
+                         was dropped (the client must post it again)"
+                    }
+                    storage::dlq::ReplayOutcome::Missing => {
+                        "dropped: the job was deleted after the job retention"
+                    }
+                };
+                println!("{id}  {note}");
             }
             // Publish now rather than waiting for a relay's next round.
             let outbox = Outbox::new(pool.clone(), Publisher::lazy(&config));
             let published = outbox.sweep().await?;
-            println!("{} replayed, {} published", outcomes.len(), published);
+            let requeued = outcomes
+                .iter()
+                .filter(|(_, o)| *o == storage::dlq::ReplayOutcome::Requeued)
+                .count();
+            println!(
+                "{} replayed, {} published, {} record(s) settled",
+                requeued,
+                published,
+                outcomes.len()
+            );
         }
     }
     let _ = connection.close(200, "done".into()).await;

@@ -24,6 +24,13 @@ function request()
   return wrk.format(nil, "/generate", nil, body)
 end
 
+-- POST_DELAY_MS paces each connection (benches/retention/run.sh: a constant rate).
+if os.getenv("POST_DELAY_MS") then
+  function delay()
+    return tonumber(os.getenv("POST_DELAY_MS"))
+  end
+end
+
 function response(status, headers, body)
   if status ~= 202 then
     io.stderr:write("unexpected status " .. status .. ": " .. body .. "\n")

@@ -54,6 +54,10 @@ pub enum ApiError {
     },
     #[error("the artifact has expired and was deleted")]
     Gone,
+    #[error("too many requests from this client or address; retry after {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("this client already has {0} jobs not yet done or failed; retry once some finish")]
+    TooManyJobs(u32),
     /// The cause is for the log only; clients get [`UNAVAILABLE_DETAIL`].
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
@@ -84,6 +88,8 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::Gone => "gone",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TooManyJobs(_) => "too_many_jobs",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Busy => "server_busy",
             ApiError::Timeout(_) => "request_timeout",
@@ -108,6 +114,9 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Gone => StatusCode::GONE,
+            ApiError::RateLimited { .. } | ApiError::TooManyJobs(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) | ApiError::Busy | ApiError::Timeout(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -167,8 +176,12 @@ impl IntoResponse for ApiError {
             ApiError::RequestInProgress
             | ApiError::Unavailable(_)
             | ApiError::Busy
-            | ApiError::Timeout(_) => {
+            | ApiError::Timeout(_)
+            | ApiError::TooManyJobs(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

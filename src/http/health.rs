@@ -5,7 +5,7 @@
 //! never make the replica unready — a broker outage must not pull every API
 //! replica out of the load balancer at once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
@@ -27,8 +27,35 @@ pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// How long a readiness answer is served again without probing: whoever
+/// calls `/health/ready`, and however often, the dependencies see at most one
+/// probe per replica per second.
+pub const PROBE_CACHE: Duration = Duration::from_secs(1);
+
+/// The last readiness answer of this process. Its lock is held while a probe
+/// runs, so concurrent callers wait for that probe instead of starting theirs.
+#[derive(Default)]
+pub struct Probes {
+    last: tokio::sync::Mutex<Option<(Instant, StatusCode, Value)>>,
+}
+
 /// `GET /health/ready`: 200 while PostgreSQL is reachable, 503 otherwise.
+/// The body's `checked_at` tells when the probes it reports ran.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let mut last = state.probes.last.lock().await;
+    if let Some((at, code, body)) = last.as_ref()
+        && at.elapsed() < PROBE_CACHE
+    {
+        return (*code, Json(body.clone()));
+    }
+    let (code, body) = probe_all(&state).await;
+    *last = Some((Instant::now(), code, body.clone()));
+    (code, Json(body))
+}
+
+/// One probe of every dependency.
+async fn probe_all(state: &AppState) -> (StatusCode, Value) {
+    let checked_at = chrono::Utc::now();
     let postgres = probe(sqlx::query("SELECT 1").execute(state.jobs.pool())).await;
     let (redis, rabbitmq, storage) = tokio::join!(
         probe(state.cache.check()),
@@ -48,6 +75,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     };
     let body = json!({
         "status": status,
+        "checked_at": checked_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "checks": {
             "postgres": match &postgres {
                 Ok(()) => json!({ "status": "ok" }),
@@ -63,7 +91,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body))
+    (code, body)
 }
 
 /// `GET /health/actors`: the live supervision tree of this process.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod generate;
 pub mod health;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 pub mod status;
@@ -61,6 +62,10 @@ pub struct Shared {
     pub large_bodies: Arc<Semaphore>,
     /// The actor tree of this process, for `/health/actors`.
     pub actors: Option<Arc<dyn health::ActorTree>>,
+    /// The last readiness probes, served again for [`health::PROBE_CACHE`].
+    pub probes: health::Probes,
+    /// Per-client rate and job limits, and 401s per source address.
+    pub limits: limit::Limiter,
 }
 
 /// All routes with their middleware.
@@ -73,6 +78,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/status/{job_id}", get(status::status))
         .route("/download/{job_id}", get(download::download))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::auth_failures,
+        ))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/health/actors", get(health::actors))

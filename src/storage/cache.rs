@@ -94,7 +94,33 @@ pub struct Cache {
     idempotency_ttl: Duration,
     status_ttl: Duration,
     down_until_ms: Arc<AtomicU64>,
+    /// SHA-1 of [`TOKEN_BUCKET`] as Redis knows it (`SCRIPT LOAD`), once loaded.
+    bucket_sha: Arc<std::sync::RwLock<Option<String>>>,
 }
+
+/// The shared token bucket of one client: refills `ARGV[1]` tokens a second up
+/// to `ARGV[2]`, takes one if it can. Returns 0 when a token was taken, else
+/// the milliseconds until one will be there. Redis's own clock, so every API
+/// replica agrees; the key expires once a full bucket would have refilled.
+const TOKEN_BUCKET: &str = r#"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return wait
+"#;
 
 impl Cache {
     /// Builds the pool without connecting: the service starts while Redis is
@@ -121,6 +147,7 @@ impl Cache {
             idempotency_ttl,
             status_ttl,
             down_until_ms: Arc::new(AtomicU64::new(0)),
+            bucket_sha: Arc::new(std::sync::RwLock::new(None)),
         })
     }
 
@@ -291,10 +318,71 @@ impl Cache {
         self.run(redis::cmd("DEL").arg(&key)).await
     }
 
-    /// Health probe: PING, bypassing the cool-off so recovery is seen at once.
+    /// Takes one token from `client`'s bucket shared by every replica
+    /// (`per_second` refill, `burst` size): `Ok(None)` when taken, else how
+    /// long until the next token. One `EVALSHA` in the shared pipeline; the
+    /// script is loaded on first use and again after Redis lost it.
+    pub async fn take_token(
+        &self,
+        client: Uuid,
+        per_second: u32,
+        burst: u32,
+    ) -> Result<Option<Duration>, CacheError> {
+        let key = format!("{}:rate:{client}", self.prefix);
+        let known = self.bucket_sha.read().ok().and_then(|sha| sha.clone());
+        let sha = match known {
+            Some(sha) => sha,
+            None => self.load_bucket().await?,
+        };
+        let evalsha = |sha: &str| {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha).arg(1).arg(&key).arg(per_second).arg(burst);
+            cmd
+        };
+        let wait: u64 = match self.run(&mut evalsha(&sha)).await {
+            Err(CacheError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let sha = self.load_bucket().await?;
+                self.run(&mut evalsha(&sha)).await?
+            }
+            other => other?,
+        };
+        Ok((wait > 0).then(|| Duration::from_millis(wait)))
+    }
+
+    async fn load_bucket(&self) -> Result<String, CacheError> {
+        let sha: String = self
+            .run(redis::cmd("SCRIPT").arg("LOAD").arg(TOKEN_BUCKET))
+            .await?;
+        if let Ok(mut known) = self.bucket_sha.write() {
+            *known = Some(sha.clone());
+        }
+        Ok(sha)
+    }
+
+    /// Forgets everything cached about a job whose row the retention deleted
+    /// (status, download URL, the idempotency entry naming it), so its key
+    /// starts a new job at once instead of answering with the deleted one.
+    pub async fn forget_job(
+        &self,
+        job_id: Uuid,
+        client: Uuid,
+        key: &str,
+    ) -> Result<(), CacheError> {
+        let mut del = redis::cmd("DEL");
+        del.arg(self.status_key(job_id))
+            .arg(self.url_key(job_id))
+            .arg(self.idempotency_key(client, key));
+        let _: i64 = self.run(&mut del).await?;
+        Ok(())
+    }
+
+    /// Health probe: PING, under the cool-off like every other command. A
+    /// probe never lifts the breaker: `/health/ready` is called by anyone who
+    /// can reach it, and each call would otherwise send every request of the
+    /// next [`COOL_OFF`] back into a Redis that is down.
     pub async fn check(&self) -> Result<(), CacheError> {
-        // Lift the cool-off first; a failed PING puts it back.
-        self.down_until_ms.store(0, Ordering::Relaxed);
         self.run::<String>(&mut redis::cmd("PING"))
             .await
             .map(|_| ())

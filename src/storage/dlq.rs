@@ -17,8 +17,11 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::storage::jobs::lifecycle::ReplayRefusal;
 use crate::storage::jobs::{JobError, JobStatus, lifecycle};
-use crate::storage::queue::{Death, QueueError, Topology, deaths, dlq_reason, job_id_of};
+use crate::storage::queue::{
+    Death, QueueError, Topology, deaths, dlq_reason, job_id_of, queue_depth,
+};
 
 /// Failures of DLQ operations.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +51,8 @@ pub struct DlqEntry {
     pub deaths: Vec<Death>,
 }
 
-/// What `replay` did with one record.
+/// What `replay` did with one record. Every record but `Requeued` is
+/// acknowledged and so leaves the DLQ: there is nothing left to replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReplayOutcome {
@@ -56,6 +60,11 @@ pub enum ReplayOutcome {
     Requeued,
     /// The job is no longer failed (done, or already replayed): record dropped.
     Dropped,
+    /// The job failed longer ago than the DLQ replay window and its document
+    /// was dropped: it cannot be rendered again; the client must post anew.
+    PayloadGone,
+    /// The job's row was deleted after the job retention: record dropped.
+    Missing,
 }
 
 /// Every record in the DLQ, oldest first; the queue is left as it was.
@@ -86,15 +95,25 @@ pub async fn list(
 }
 
 /// Replays the records of `only` (or all of them); returns what happened to each.
+///
+/// Only the records present when it starts are looked at: a replayed job
+/// that fails again while the replay runs lands back at the tail of the DLQ,
+/// and taking it again would replay forever. The queue is FIFO and every
+/// record looked at is held until the end, so the first `depth` records taken
+/// are exactly the ones that were there.
 pub async fn replay(
     channel: &Channel,
     topology: &Topology,
     pool: &PgPool,
     only: Option<Uuid>,
 ) -> Result<Vec<(Uuid, ReplayOutcome)>, DlqError> {
+    let present = queue_depth(channel, &topology.dlq()).await?;
     let mut outcomes = Vec::new();
     let mut kept = Vec::new();
-    while let Some(delivery) = next(channel, topology).await? {
+    for _ in 0..present {
+        let Some(delivery) = next(channel, topology).await? else {
+            break;
+        };
         let job_id = job_id_of(&delivery.data).ok();
         let wanted = match (only, job_id) {
             (_, None) => false,
@@ -107,7 +126,11 @@ pub async fn replay(
         };
         let outcome = match lifecycle::reset_for_replay(pool, job_id).await? {
             Some(_) => ReplayOutcome::Requeued,
-            None => ReplayOutcome::Dropped,
+            None => match lifecycle::replay_refusal(pool, job_id).await? {
+                ReplayRefusal::NotFailed => ReplayOutcome::Dropped,
+                ReplayRefusal::PayloadGone => ReplayOutcome::PayloadGone,
+                ReplayRefusal::Missing => ReplayOutcome::Missing,
+            },
         };
         channel
             .basic_ack(delivery.delivery_tag, BasicAckOptions::default())

@@ -49,6 +49,8 @@ pub enum KeyError {
     Database(#[from] sqlx::Error),
     #[error("no key with id or prefix {0:?}")]
     NotFound(String),
+    #[error("no client named {0:?}")]
+    NoClient(String),
 }
 
 impl KeyError {
@@ -135,6 +137,35 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyInfo>, KeyError> {
     )
     .fetch_all(pool)
     .await?)
+}
+
+/// Sets a client's own limits (`artefatos keys limits`): requests per second
+/// on `POST /generate` and jobs not yet final. `None` leaves a limit as it is,
+/// `Some(0)` returns it to the configured default. Replicas apply a change
+/// within a second.
+pub async fn set_limits(
+    pool: &PgPool,
+    client_name: &str,
+    rate: Option<u32>,
+    max_unfinished_jobs: Option<u32>,
+) -> Result<(), KeyError> {
+    let value = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
+    let updated = sqlx::query(
+        "UPDATE clients SET
+           rate_limit = CASE WHEN $2::int IS NULL THEN rate_limit ELSE NULLIF($2, 0) END,
+           max_unfinished_jobs =
+             CASE WHEN $3::int IS NULL THEN max_unfinished_jobs ELSE NULLIF($3, 0) END
+         WHERE name = $1",
+    )
+    .bind(client_name)
+    .bind(value(rate))
+    .bind(value(max_unfinished_jobs))
+    .execute(pool)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(KeyError::NoClient(client_name.to_string()));
+    }
+    Ok(())
 }
 
 fn hash(secret: &str) -> [u8; 32] {

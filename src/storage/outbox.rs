@@ -24,6 +24,12 @@ use crate::storage::queue::{Publisher, QueueError};
 pub const SWEEP_GRACE: Duration = Duration::from_secs(3);
 /// Most jobs one notify batch or one sweep round publishes.
 const BATCH: usize = 512;
+/// Just-committed jobs waiting for the background publisher, at most (about
+/// six seconds of the measured peak rate). When the broker is slow or blocked
+/// and the queue is full, further jobs are not queued here: they stay
+/// unpublished in PostgreSQL and the sweep publishes them [`SWEEP_GRACE`]
+/// after their commit, so a stalled broker costs memory bounded by this.
+pub const NOTIFY_CAPACITY: usize = 65_536;
 /// Read `jobs_unpublished` with a plain index scan. The index keeps an entry
 /// for every job ever inserted until VACUUM removes it, and the planner's
 /// bitmap scan visited the heap for each of them on every sweep (10 ms a
@@ -47,13 +53,13 @@ pub enum OutboxError {
 pub struct Outbox {
     pool: PgPool,
     publisher: Publisher,
-    notify: mpsc::UnboundedSender<(Uuid, Format)>,
+    notify: mpsc::Sender<(Uuid, Format)>,
 }
 
 impl Outbox {
     /// Starts the background publisher of `notify` on the current runtime.
     pub fn new(pool: PgPool, publisher: Publisher) -> Self {
-        let (notify, rx) = mpsc::unbounded_channel();
+        let (notify, rx) = mpsc::channel(NOTIFY_CAPACITY);
         tokio::spawn(publish_notified(pool.clone(), publisher.clone(), rx));
         Outbox {
             pool,
@@ -62,9 +68,12 @@ impl Outbox {
         }
     }
 
-    /// Publishes a just-committed job soon; never fails (the sweep is the backstop).
+    /// Publishes a just-committed job soon; never fails nor waits (the sweep
+    /// is the backstop: a job that finds the queue full is published by it).
     pub fn notify(&self, job_id: Uuid, format: Format) {
-        let _ = self.notify.send((job_id, format));
+        if self.notify.try_send((job_id, format)).is_err() {
+            tracing::debug!(%job_id, "notify queue full; the sweep publishes this job");
+        }
     }
 
     /// Publishes every job committed more than [`SWEEP_GRACE`] ago and still
@@ -130,7 +139,7 @@ impl Outbox {
 async fn publish_notified(
     pool: PgPool,
     publisher: Publisher,
-    mut rx: mpsc::UnboundedReceiver<(Uuid, Format)>,
+    mut rx: mpsc::Receiver<(Uuid, Format)>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {

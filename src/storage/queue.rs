@@ -36,8 +36,11 @@ use crate::render::Format;
 /// How long connecting may take before the broker counts as down: the API must
 /// start (and accept jobs into the outbox) while RabbitMQ is unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a publish may wait for the broker's confirm (a blocked broker —
-/// memory or disk alarm — would otherwise hold the caller forever).
+/// How long one publish may take, from taking a channel (a reconnect
+/// included) through `basic_publish` to the broker's confirm. A broker under a
+/// memory or disk alarm stops reading its sockets: without one deadline over
+/// the whole publish, the outbox sweep would hold its row locks and its
+/// PostgreSQL connection for as long as the alarm lasts.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed reconnect, publishes fail at once for this long instead of
 /// each one paying a connect attempt (the outbox relay retries them).
@@ -406,21 +409,27 @@ impl Publisher {
 
     /// Publishes a job id and resolves once the broker confirmed it (persistent
     /// message, body and message id = the job id, routing key = the format).
-    /// A lost connection is rebuilt once before giving up.
+    /// A lost connection is rebuilt once before giving up; the whole of it,
+    /// reconnect included, within [`CONFIRM_TIMEOUT`].
     pub async fn publish(&self, job_id: Uuid, format: Format) -> Result<(), QueueError> {
         let key = self.inner.topology.routing_key(format);
         let exchange = self.inner.topology.exchange();
-        match self
-            .publish_to(&exchange, &key, job_id, job_properties(job_id))
-            .await
-        {
-            Err(QueueError::Amqp(_)) | Err(QueueError::Unavailable(_)) => {
-                self.invalidate().await;
-                self.publish_to(&exchange, &key, job_id, job_properties(job_id))
-                    .await
+        let attempt = async {
+            match self
+                .publish_to(&exchange, &key, job_id, job_properties(job_id))
+                .await
+            {
+                Err(QueueError::Amqp(_)) | Err(QueueError::Unavailable(_)) => {
+                    self.invalidate().await;
+                    self.publish_to(&exchange, &key, job_id, job_properties(job_id))
+                        .await
+                }
+                other => other,
             }
-            other => other,
-        }
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, attempt)
+            .await
+            .unwrap_or(Err(QueueError::ConfirmTimeout(CONFIRM_TIMEOUT)))
     }
 
     async fn publish_to(
@@ -440,7 +449,8 @@ impl Publisher {
     }
 }
 
-/// Publishes one job message on a confirm-mode channel and waits for its confirm.
+/// Publishes one job message on a confirm-mode channel and waits for its
+/// confirm; `basic_publish` and the confirm together within [`CONFIRM_TIMEOUT`].
 pub async fn confirmed_publish(
     channel: &Channel,
     exchange: &str,
@@ -449,16 +459,19 @@ pub async fn confirmed_publish(
     properties: BasicProperties,
 ) -> Result<(), QueueError> {
     let body = job_id.to_string();
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            properties,
-        )
-        .await?;
-    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+    let publish = async {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await?;
+        confirm.await
+    };
+    match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
         Ok(Ok(confirmation)) if confirmation.is_ack() => Ok(()),
         Ok(Ok(_)) => Err(QueueError::Nacked(job_id)),
         Ok(Err(err)) => Err(err.into()),

@@ -33,7 +33,7 @@ def test_build_has_every_piece(built):
     kinds = {}
     for d in built:
         kinds.setdefault(d["kind"], []).append(d["metadata"]["name"])
-    for kind in ["Namespace", "ConfigMap", "Secret", "Deployment", "Service", "Ingress",
+    for kind in ["Namespace", "ConfigMap", "Deployment", "Service", "Ingress",
                  "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject",
                  "ServiceMonitor", "PrometheusRule"]:
         assert kind in kinds, f"no {kind} in the build"
@@ -236,7 +236,8 @@ def test_services_and_servicemonitor_reach_every_pod(base):
 
 def test_config_keys_are_variables_the_service_reads(base):
     known = L.config_variables() | {"RUST_LOG"}
-    keys = set(config(base)) | set(L.one(base, "Secret", "artefatos-secrets")["stringData"])
+    example = L.load_yaml_docs(L.DEPLOY / "k8s" / "examples" / "secret.example.yaml")
+    keys = set(config(base)) | set(L.one(example, "Secret", "artefatos-secrets")["stringData"])
     for d in L.by_kind(base, "Deployment"):
         for c in L.containers(d):
             keys |= {e["name"] for e in c.get("env", [])}
@@ -246,3 +247,51 @@ def test_config_keys_are_variables_the_service_reads(base):
 def test_prometheusrule_is_alerts_yaml():
     assert L.PROMETHEUS_RULE.read_text() == L.render_prometheus_rule(), \
         "regenerate: python3 tests/deploy/deploylib.py sync-prometheusrule"
+
+
+# What the Ingress may publish: the job endpoints and the API description.
+PUBLIC = {("/generate", "Exact"), ("/status", "Prefix"), ("/download", "Prefix"),
+          ("/openapi.json", "Exact")}
+PRIVATE_URLS = ["/metrics", "/health/live", "/health/ready", "/health/actors", "/",
+                "/metricsx", "/health"]
+
+
+def ingress_matches(path: str, path_type: str, url: str) -> bool:
+    """Kubernetes path matching: Exact is equality; Prefix matches whole path
+    elements (`/status` matches `/status` and `/status/x`, not `/statusx`);
+    ImplementationSpecific is treated as the widest (a plain prefix)."""
+    if path_type == "Exact":
+        return url == path
+    if path_type == "Prefix":
+        stem = path.rstrip("/")
+        return stem == "" or url == stem or url.startswith(stem + "/")
+    return url.startswith(path)
+
+
+def test_the_ingress_publishes_only_the_job_endpoints(built):
+    for ingress in L.by_kind(built, "Ingress"):
+        assert "defaultBackend" not in ingress["spec"], "a default backend publishes everything"
+        for rule in ingress["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                assert (p["path"], p["pathType"]) in PUBLIC, f"published: {p['path']}"
+                for url in PRIVATE_URLS:
+                    assert not ingress_matches(p["path"], p["pathType"], url), \
+                        f"{p['path']} ({p['pathType']}) publishes {url}"
+            for url in ["/generate", "/status/abc", "/download/abc", "/openapi.json"]:
+                assert any(ingress_matches(p["path"], p["pathType"], url)
+                           for p in rule["http"]["paths"]), f"{url} not published"
+
+
+def test_no_secret_with_literal_credentials_is_applied(built):
+    """The base and overlays reference `artefatos-secrets` but never create it: an
+    apply must not overwrite real credentials, and static AWS keys would defeat IRSA."""
+    for d in L.by_kind(built, "Secret"):
+        assert not d.get("data") and not d.get("stringData"), \
+            f"Secret {d['metadata']['name']} carries literal values"
+    for d in L.by_kind(built, "Deployment"):
+        for c in L.containers(d):
+            names = {e["name"] for e in c.get("env", [])}
+            assert not names & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, \
+                f"{d['metadata']['name']}: static AWS keys defeat IRSA"
+            refs = [s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s]
+            assert refs in ([], ["artefatos-secrets"]), refs

@@ -7,6 +7,8 @@ mod api_hardening;
 mod api_read;
 mod blobs;
 mod cli;
+mod ops_limits;
+mod ops_retention;
 mod support;
 mod worker_delivery;
 mod worker_failures;

@@ -301,3 +301,84 @@ async fn the_janitor_sees_only_old_stored_artifacts_and_marks_them_once() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_failed_job_keeps_its_document_for_the_replay_window_then_cannot_be_replayed() {
+    let pool = database().await;
+    let job = insert_job(&pool).await;
+    lifecycle::mark_failed(&pool, job, "w", "boom", "render_error")
+        .await
+        .unwrap()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        lifecycle::drop_failed_payloads(&pool, hour, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        lifecycle::payload(&pool, job).await.is_ok(),
+        "kept inside the window"
+    );
+
+    backdate(&pool, job, "finished_at").await;
+    assert_eq!(
+        lifecycle::drop_failed_payloads(&pool, hour, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(lifecycle::payload(&pool, job).await.is_err());
+    assert_eq!(lifecycle::reset_for_replay(&pool, job).await.unwrap(), None);
+    assert_eq!(
+        lifecycle::replay_refusal(&pool, job).await.unwrap(),
+        lifecycle::ReplayRefusal::PayloadGone
+    );
+
+    let deleted = lifecycle::delete_expired_jobs(&pool, hour, 100)
+        .await
+        .unwrap();
+    assert_eq!(deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![job]);
+    assert_eq!(
+        lifecycle::replay_refusal(&pool, job).await.unwrap(),
+        lifecycle::ReplayRefusal::Missing
+    );
+}
+
+#[tokio::test]
+async fn only_final_jobs_past_retention_whose_artifact_is_gone_are_deleted() {
+    let pool = database().await;
+    let queued = insert_job(&pool).await;
+    let done = insert_job(&pool).await;
+    lifecycle::claim(&pool, done, "w", LEASE).await.unwrap();
+    lifecycle::mark_done(&pool, done, "w", &artifact(done))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        lifecycle::payload(&pool, done).await.is_err(),
+        "done drops the document"
+    );
+    for job in [queued, done] {
+        backdate(&pool, job, "created_at").await;
+        backdate(&pool, job, "finished_at").await;
+    }
+    let hour = Duration::from_secs(3600);
+    assert!(
+        lifecycle::delete_expired_jobs(&pool, hour, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an artifact still stored keeps its row; a queued job is never deleted"
+    );
+    lifecycle::mark_artifact_deleted(&pool, done)
+        .await
+        .unwrap()
+        .unwrap();
+    let deleted = lifecycle::delete_expired_jobs(&pool, hour, 100)
+        .await
+        .unwrap();
+    assert_eq!(deleted.iter().map(|d| d.id).collect::<Vec<_>>(), vec![done]);
+    assert!(lifecycle::view(&pool, queued).await.unwrap().is_some());
+}

@@ -131,6 +131,7 @@ pub async fn claim_many(
 
 /// [`mark_done`] for many jobs of one owner in one statement; returns the
 /// jobs it moved to `done` (the others were no longer this owner's).
+/// Each job's document is dropped as it becomes `done`.
 pub async fn mark_done_many(
     pool: &PgPool,
     owner: &str,
@@ -142,7 +143,7 @@ pub async fn mark_done_many(
     let hashes: Vec<&str> = items.iter().map(|(_, a)| a.sha256.as_str()).collect();
     let sql = format!(
         "UPDATE jobs SET status = 'done', artifact_key = v.new_key, artifact_size = v.new_size, \
-         artifact_sha256 = v.new_sha256, error = NULL, error_code = NULL, \
+         artifact_sha256 = v.new_sha256, error = NULL, error_code = NULL, payload = NULL, \
          lease_until = NULL, finished_at = now(), updated_at = now() \
          FROM UNNEST($1::uuid[], $3::text[], $4::int8[], $5::text[]) \
            AS v(job_id, new_key, new_size, new_sha256) \
@@ -201,13 +202,22 @@ pub async fn renew_lease(
     Ok(done.rows_affected() == 1)
 }
 
-/// The document of a job, as the JSON text the client sent.
+/// The document of a job, as the JSON text the client sent. Only a job not
+/// yet final is sure to have one: `done` drops it, `failed` keeps it for the
+/// DLQ replay window.
 pub async fn payload(pool: &PgPool, job_id: Uuid) -> Result<String, JobError> {
-    let text: Option<String> = sqlx::query_scalar("SELECT payload::text FROM jobs WHERE id = $1")
-        .bind(job_id)
-        .fetch_optional(pool)
-        .await?;
-    text.ok_or_else(|| JobError::Corrupt(format!("job {job_id} has no row")))
+    let text: Option<Option<String>> =
+        sqlx::query_scalar("SELECT payload::text FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    match text {
+        Some(Some(text)) => Ok(text),
+        Some(None) => Err(JobError::Corrupt(format!(
+            "job {job_id} is final and its document was dropped"
+        ))),
+        None => Err(JobError::Corrupt(format!("job {job_id} has no row"))),
+    }
 }
 
 /// Where the artifact of a finished attempt is and what it holds.
@@ -220,28 +230,20 @@ pub struct Artifact {
 
 /// Commits `done` with the artifact; `None` when the job is no longer this
 /// owner's `processing` job (a duplicate finished first: nothing to do).
-/// `lease_owner` stays as the record of which worker finished the job.
+/// `lease_owner` stays as the record of which worker finished the job. The
+/// document is dropped in the same statement: a `done` job is never rendered
+/// again, and its payload (up to the body limit) would otherwise stay forever.
+/// Workers commit through [`mark_done_many`] (the group commit); this is the
+/// same statement for one job.
 pub async fn mark_done(
     pool: &PgPool,
     job_id: Uuid,
     owner: &str,
     artifact: &Artifact,
 ) -> Result<Option<JobView>, JobError> {
-    let sql = format!(
-        "UPDATE jobs SET status = 'done', artifact_key = $3, artifact_size = $4, \
-         artifact_sha256 = $5, error = NULL, error_code = NULL, \
-         lease_until = NULL, finished_at = now(), updated_at = now() \
-         WHERE id = $1 AND status = 'processing' AND lease_owner = $2 \
-         RETURNING {JOB_VIEW_COLUMNS}"
-    );
-    Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
-        .bind(job_id)
-        .bind(owner)
-        .bind(&artifact.key)
-        .bind(artifact.size)
-        .bind(&artifact.sha256)
-        .fetch_optional(pool)
-        .await?)
+    Ok(mark_done_many(pool, owner, &[(job_id, artifact.clone())])
+        .await?
+        .pop())
 }
 
 /// Commits `failed` with the last error; allowed from `queued` (expiry,
@@ -354,17 +356,98 @@ pub async fn mark_artifact_deleted(
 
 /// The operator's DLQ replay: a `failed` job goes back to `queued` with its
 /// attempts and error cleared, and unpublished so the outbox relay sends it
-/// again. The one sanctioned backwards move; nothing else calls it.
+/// again. The one sanctioned backwards move; nothing else calls it. A job
+/// whose document was dropped (past the DLQ replay window) is not replayed:
+/// [`replay_refusal`] says why.
 pub async fn reset_for_replay(pool: &PgPool, job_id: Uuid) -> Result<Option<JobView>, JobError> {
     let sql = format!(
         "UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, error_code = NULL, \
          lease_owner = NULL, lease_until = NULL, started_at = NULL, finished_at = NULL, \
          published_at = NULL, updated_at = now() \
-         WHERE id = $1 AND status = 'failed' \
+         WHERE id = $1 AND status = 'failed' AND payload IS NOT NULL \
          RETURNING {JOB_VIEW_COLUMNS}"
     );
     Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
         .bind(job_id)
         .fetch_optional(pool)
         .await?)
+}
+
+/// Why [`reset_for_replay`] did not requeue a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayRefusal {
+    /// The job is not `failed` (done, or already replayed).
+    NotFailed,
+    /// The job failed longer ago than the DLQ replay window: its document is gone.
+    PayloadGone,
+    /// The job's row was deleted after the job retention.
+    Missing,
+}
+
+/// Classifies a job [`reset_for_replay`] left alone.
+pub async fn replay_refusal(pool: &PgPool, job_id: Uuid) -> Result<ReplayRefusal, JobError> {
+    let row: Option<(String, bool)> =
+        sqlx::query_as("SELECT status, payload IS NULL FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(match row {
+        None => ReplayRefusal::Missing,
+        Some((status, gone)) if status == "failed" && gone => ReplayRefusal::PayloadGone,
+        Some(_) => ReplayRefusal::NotFailed,
+    })
+}
+
+/// Drops the document of up to `limit` jobs that failed more than `window`
+/// ago (out of the DLQ replay window); returns how many. One short
+/// statement: rows another transaction holds are skipped, not waited for.
+pub async fn drop_failed_payloads(
+    pool: &PgPool,
+    window: Duration,
+    limit: i64,
+) -> Result<u64, JobError> {
+    let done = sqlx::query(
+        "UPDATE jobs SET payload = NULL WHERE id IN ( \
+           SELECT id FROM jobs WHERE status = 'failed' AND payload IS NOT NULL \
+             AND finished_at < now() - $1 \
+           ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         AND status = 'failed'",
+    )
+    .bind(interval(window))
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A job row the retention deleted: what the caches must forget of it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeletedJob {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    pub idempotency_key: String,
+}
+
+/// Deletes up to `limit` final jobs that finished more than `retention` ago
+/// and whose artifact (if any) is already deleted, oldest first; their
+/// idempotency keys are free again. One short statement per batch: rows
+/// another transaction holds (a replay) are skipped, not waited for.
+pub async fn delete_expired_jobs(
+    pool: &PgPool,
+    retention: Duration,
+    limit: i64,
+) -> Result<Vec<DeletedJob>, JobError> {
+    Ok(sqlx::query_as::<_, DeletedJob>(
+        "DELETE FROM jobs WHERE id IN ( \
+           SELECT id FROM jobs WHERE status IN ('done', 'failed') \
+             AND finished_at < now() - $1 \
+             AND (artifact_key IS NULL OR artifact_deleted_at IS NOT NULL) \
+           ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         AND status IN ('done', 'failed') \
+         RETURNING id, client_id, idempotency_key",
+    )
+    .bind(interval(retention))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }

@@ -15,6 +15,7 @@ pub struct TcpProxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
     cuts: watch::Sender<u64>,
+    stalls: watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -25,9 +26,11 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy addr");
         let up = Arc::new(AtomicBool::new(true));
         let (cuts, _) = watch::channel(0u64);
+        let (stalls, _) = watch::channel(0u64);
         let accept = {
             let up = up.clone();
             let cuts = cuts.clone();
+            let stalls = stalls.clone();
             tokio::spawn(async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
                     if !up.load(Ordering::SeqCst) {
@@ -35,13 +38,19 @@ impl TcpProxy {
                         continue;
                     }
                     let mut cut = cuts.subscribe();
+                    let mut stall = stalls.subscribe();
                     tokio::spawn(async move {
                         let Ok(mut outbound) = TcpStream::connect(target).await else {
                             return;
                         };
-                        tokio::select! {
-                            _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.changed() => {}
+                        let stalled = tokio::select! {
+                            _ = copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            _ = cut.changed() => false,
+                            _ = stall.changed() => true,
+                        };
+                        if stalled {
+                            // Both sockets stay open and silent until the cut.
+                            let _ = cut.changed().await;
                         }
                     });
                 }
@@ -51,6 +60,7 @@ impl TcpProxy {
             addr,
             up,
             cuts,
+            stalls,
             accept,
         }
     }
@@ -64,6 +74,13 @@ impl TcpProxy {
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// A service that stops reading and answering (RabbitMQ under a memory or
+    /// disk alarm): open connections stay open but nothing is forwarded any
+    /// more, until [`TcpProxy::cut`] closes them.
+    pub fn stall(&self) {
+        self.stalls.send_modify(|n| *n += 1);
     }
 
     /// The service is back.
