@@ -188,7 +188,12 @@ async fn a_stalled_broker_holds_neither_the_sweep_nor_its_row_locks() {
     let swept = tokio::time::timeout(CONFIRM_TIMEOUT * 2, outbox.sweep())
         .await
         .expect("the sweep returns while the broker is stalled");
-    assert!(swept.is_err(), "nothing was confirmed: {swept:?}");
+    // Either this sweep tried and gave up, or the app's own relay had the row
+    // locked (SKIP LOCKED) and this one found nothing: never a publish.
+    assert!(
+        matches!(swept, Err(_) | Ok(0)),
+        "nothing was confirmed: {swept:?}"
+    );
     assert!(!published(job.clone()).await);
 
     // The broker returns (the stalled connections are dropped): published.
