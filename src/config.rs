@@ -74,6 +74,9 @@ pub struct WorkerConfig {
     pub queue_type: QueueType,
     /// `x-delivery-limit` for quorum queues (RabbitMQ 4 defaults it to 20).
     pub delivery_limit: u32,
+    /// Longest one render may take before it fails permanently (a document
+    /// that takes this long would take as long on every retry).
+    pub render_timeout: Duration,
 }
 
 /// The whole configuration of one process.
@@ -203,6 +206,7 @@ impl Config {
                 retention: duration(vars, "ARTEFATOS_RETENTION", secs(7 * 24 * 3600))?,
                 queue_type,
                 delivery_limit: parse(vars, "ARTEFATOS_DELIVERY_LIMIT", 10)?,
+                render_timeout: duration(vars, "ARTEFATOS_RENDER_TIMEOUT", secs(10 * 60))?,
             },
         })
     }

@@ -227,11 +227,11 @@ async fn render_blocking(
     payload: String,
     out: PathBuf,
 ) -> Result<(), AttemptError> {
-    let limits = ctx.config.limits;
+    let (limits, timeout) = (ctx.config.limits, ctx.config.worker.render_timeout);
     let joined = tokio::task::spawn_blocking(move || {
         // The payload is already in memory: the slice path skips the reader
         // (and, for PDF, the temp-file copy its second pass would need).
-        render::render_slice(format, payload.as_bytes(), &limits, &out).map(|_| ())
+        render::render_slice(format, payload.as_bytes(), &limits, &out, Some(timeout)).map(|_| ())
     })
     .await;
     match joined {
