@@ -1218,3 +1218,222 @@ fn a_render_past_its_deadline_fails_permanently() {
         assert_eq!(summary.rows, 600);
     }
 }
+
+/// Text from every plane: ASCII, accents, CJK, combining marks, emoji
+/// (astral: 2 UTF-16 units), controls, and the characters sheet names forbid.
+fn unicode_char() -> BoxedStrategy<char> {
+    prop_oneof![
+        4 => proptest::char::range('a', 'z'),
+        2 => proptest::sample::select(vec!['ç', 'ã', 'Ñ', 'ß', '漢', '\u{301}', '\u{200b}', ' ', '\n', '\t', '\'', '/', '[', '*', '…']),
+        3 => proptest::char::range('\u{1f600}', '\u{1f64f}'),
+        1 => proptest::char::range('\u{10000}', '\u{10ffff}'),
+        1 => any::<char>(),
+    ]
+    .boxed()
+}
+
+/// A string of `min..max` characters; near Excel's limits when they are astral.
+fn unicode_string(min: usize, max: usize) -> BoxedStrategy<String> {
+    proptest::collection::vec(unicode_char(), min..max)
+        .prop_map(|cs| cs.into_iter().collect())
+        .boxed()
+}
+
+/// Any JSON number, extremes included (JSON has no NaN or infinity).
+fn any_number() -> BoxedStrategy<Value> {
+    prop_oneof![
+        3 => (-1e6f64..1e6).prop_map(Value::from),
+        1 => proptest::sample::select(vec![
+            f64::MAX, f64::MIN, f64::MIN_POSITIVE, 5e-324, 1e308, -1e308, -0.0, 0.0, 9_007_199_254_740_993.0,
+        ]).prop_map(Value::from),
+        1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => any::<u64>().prop_map(Value::from),
+    ]
+    .boxed()
+}
+
+/// A cell of the column's type, rarely of another: a mismatch makes the
+/// document invalid, which the property allows, but most stay valid.
+fn hostile_cell(kind: &'static str) -> BoxedStrategy<Value> {
+    let own = if kind == "text" {
+        prop_oneof![
+            12 => unicode_string(0, 40).prop_map(Value::from),
+            // Around 32,767 UTF-16 units: 16,383 or 16,384 emoji, or letters.
+            1 => (16_380usize..16_385).prop_map(|n| Value::from("😀".repeat(n))),
+            1 => (32_760usize..32_769).prop_map(|n| Value::from("x".repeat(n))),
+        ]
+        .boxed()
+    } else if matches!(kind, "number" | "percent") {
+        prop_oneof![1 => cell_for(kind), 1 => any_number()].boxed()
+    } else {
+        cell_for(kind)
+    };
+    prop_oneof![200 => own, 1 => any_number()].boxed()
+}
+
+fn hostile_format() -> BoxedStrategy<Option<String>> {
+    prop_oneof![
+        6 => Just(None),
+        2 => proptest::sample::select(vec!["#,##0.00", "0.000%", "@", "yyyy-mm-dd hh:mm", "0;(0)", "General"])
+            .prop_map(|f| Some(f.to_string())),
+        2 => (0usize..32).prop_map(|n| Some(format!("#,##0.{}", "0".repeat(n)))),
+        // 255 UTF-16 units at most: "0" and 127 emoji.
+        1 => (124usize..129).prop_map(|n| Some(format!("0{}", "😀".repeat(n)))),
+        1 => unicode_string(1, 12).prop_map(|f| Some(format!("0{f}"))),
+    ]
+    .boxed()
+}
+
+fn hostile_width() -> BoxedStrategy<Option<f64>> {
+    prop_oneof![
+        6 => Just(None),
+        3 => proptest::sample::select(vec![1e-30, 1e-6, 0.5, 10.0, 255.0]).prop_map(Some),
+        3 => (0.01f64..255.0).prop_map(Some),
+        1 => proptest::sample::select(vec![1e-300, 1e-46, 255.1, 1e300, 0.0, -1.0]).prop_map(Some),
+    ]
+    .boxed()
+}
+
+/// A sheet name near Excel's 31 UTF-16 units, rarely with a forbidden character.
+fn hostile_sheet_name() -> BoxedStrategy<String> {
+    let safe = prop_oneof![
+        3 => proptest::char::range('a', 'z'),
+        1 => proptest::sample::select(vec!['ç', 'Ñ', '漢', '\u{301}', ' ', '-']),
+        2 => proptest::char::range('\u{1f600}', '\u{1f64f}'),
+    ];
+    prop_oneof![
+        12 => proptest::collection::vec(safe, 8..20).prop_map(|cs| cs.into_iter().collect()),
+        1 => unicode_string(1, 20),
+    ]
+    .boxed()
+}
+
+/// One sheet as JSON text, keys in a random order.
+fn hostile_sheet() -> BoxedStrategy<String> {
+    (
+        proptest::collection::vec(
+            (
+                0usize..KINDS.len(),
+                hostile_format(),
+                hostile_width(),
+                unicode_string(1, 12),
+            ),
+            1..6,
+        ),
+        prop_oneof![1 => Just(None), 3 => hostile_sheet_name().prop_map(Some)],
+        0usize..12,
+        proptest::collection::vec(
+            proptest::option::of(proptest::sample::select(vec![
+                "sum", "average", "min", "max", "count",
+            ])),
+            5,
+        ),
+        Just(["name", "columns", "rows", "totals"]).prop_shuffle(),
+    )
+        .prop_flat_map(|(columns, name, rows, functions, order)| {
+            let row = columns
+                .iter()
+                .map(|(k, ..)| hostile_cell(KINDS[*k]))
+                .collect::<Vec<_>>();
+            (
+                Just((columns, name, functions, order)),
+                proptest::collection::vec(row, rows),
+            )
+        })
+        .prop_map(|((columns, name, functions, order), rows)| {
+            let cols: Vec<Value> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, (k, format, width, title))| {
+                    let mut c = json!({"title": format!("{title}{i}"), "type": KINDS[*k]});
+                    if let Some(f) = format {
+                        c["format"] = json!(f);
+                    }
+                    if let Some(w) = width {
+                        c["width"] = json!(w);
+                    }
+                    c
+                })
+                .collect();
+            // Totals on some columns: any function on numbers, a count on
+            // the rest (and rarely, through the last column, anything).
+            let totals: serde_json::Map<String, Value> = functions
+                .iter()
+                .zip(columns.iter().zip(&cols))
+                .enumerate()
+                .filter_map(|(i, (f, ((k, ..), c)))| {
+                    let numeric = matches!(KINDS[*k], "number" | "integer" | "percent");
+                    let f = match f {
+                        Some(f) if numeric || i == 4 => *f,
+                        Some(_) => "count",
+                        None => return None,
+                    };
+                    Some((c["title"].as_str().unwrap().to_string(), json!(f)))
+                })
+                .collect();
+            let mut fields = vec![
+                ("columns", Value::Array(cols).to_string()),
+                ("rows", serde_json::to_string(&rows).unwrap()),
+                ("totals", Value::Object(totals).to_string()),
+            ];
+            let mut order: Vec<&str> = order.to_vec();
+            match name {
+                Some(n) => fields.push(("name", serde_json::to_string(&n).unwrap())),
+                None => order.retain(|k| *k != "name"),
+            }
+            object_in_order(&fields, &order)
+        })
+        .boxed()
+}
+
+/// A whole document as JSON text: several sheets, settings and title in any order.
+fn hostile_document() -> BoxedStrategy<String> {
+    (
+        proptest::collection::vec(hostile_sheet(), 1..4),
+        any::<bool>(),
+        any::<bool>(),
+        unicode_string(0, 30),
+        Just(["title", "locale", "pdf", "sheets"]).prop_shuffle(),
+    )
+        .prop_map(|(sheets, pt, landscape, title, order)| {
+            let fields = vec![
+                ("title", serde_json::to_string(&title).unwrap()),
+                (
+                    "locale",
+                    json!(if pt { "pt-BR" } else { "en-US" }).to_string(),
+                ),
+                (
+                    "pdf",
+                    json!({"orientation": if landscape { "landscape" } else { "portrait" }})
+                        .to_string(),
+                ),
+                ("sheets", format!("[{}]", sheets.join(", "))),
+            ];
+            object_in_order(&fields, &order)
+        })
+        .boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// "A document that validates renders": whatever the validator accepts
+    /// renders in both formats with the same summary, and whatever it
+    /// refuses, rendering refuses with the same error, never a panic.
+    #[test]
+    fn whatever_validates_renders_and_whatever_is_refused_fails_alike(doc in hostile_document()) {
+        let dir = tempfile::tempdir().unwrap();
+        let verdict = validate(doc.as_bytes(), &Limits::default());
+        for format in Format::ALL {
+            let out = dir.path().join(format.as_str());
+            let rendered = render_slice(format, doc.as_bytes(), &Limits::default(), &out, None);
+            match (&verdict, rendered) {
+                (Ok(summary), Ok(rendered)) => prop_assert_eq!(summary, &rendered),
+                (Ok(_), Err(e)) => prop_assert!(false, "{} refused a valid document: {}\n{}", format, e, doc),
+                (Err(v), Err(RenderError::Invalid(e))) => prop_assert_eq!(v, &e),
+                (Err(v), other) => prop_assert!(false, "{}: validation said {} but render gave {:?}", format, v, other.map(|_| ())),
+            }
+        }
+    }
+}
