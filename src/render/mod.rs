@@ -30,9 +30,11 @@
 //!
 //! # Memory
 //! XLSX streams rows into constant-memory worksheets. PDF renders in two
-//! passes over a temp-file copy of the input (lay out to count pages, then
-//! draw) and hands printpdf 100 pages at a time, so neither holds the
-//! document; see BENCHMARKS.md for the figures.
+//! passes over the input (lay out to count pages, then draw) and hands
+//! printpdf 100 pages at a time, so neither holds the document; see
+//! BENCHMARKS.md for the figures. Every pass reads the slice again
+//! ([`render_slice`]) or an anonymous temp-file copy of the stream
+//! ([`render`]).
 //!
 //! # Limits
 //! [`Limits`] bound sheets, rows per sheet, columns and text length; whatever
