@@ -275,6 +275,10 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         assert!(matches!(config.storage, StorageConfig::Filesystem { .. }));
         assert_eq!(config.worker.retry_delays.len(), 3);
+        assert_eq!(config.worker.render_timeout, secs(600));
+        let vars = HashMap::from([("ARTEFATOS_RENDER_TIMEOUT".to_string(), "90s".to_string())]);
+        let config = Config::from_vars(&vars).unwrap();
+        assert_eq!(config.worker.render_timeout, secs(90));
     }
 
     #[test]
