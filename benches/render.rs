@@ -25,11 +25,20 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("xlsx_100k_rows_x10");
     group.bench_function("render", |b| {
         let out = dir.path().join("render.xlsx");
-        b.iter(|| render(Format::Xlsx, black_box(xlsx_doc.as_slice()), &limits, &out).unwrap())
+        b.iter(|| {
+            render(
+                Format::Xlsx,
+                black_box(xlsx_doc.as_slice()),
+                &limits,
+                &out,
+                None,
+            )
+            .unwrap()
+        })
     });
     group.bench_function("render_slice", |b| {
         let out = dir.path().join("render_slice.xlsx");
-        b.iter(|| render_slice(Format::Xlsx, black_box(&xlsx_doc), &limits, &out).unwrap())
+        b.iter(|| render_slice(Format::Xlsx, black_box(&xlsx_doc), &limits, &out, None).unwrap())
     });
     group.bench_function("rust_xlsxwriter_direct", |b| {
         let out = dir.path().join("direct.xlsx");
@@ -40,7 +49,16 @@ fn benches(c: &mut Criterion) {
     let pdf_doc = document(PDF_ROWS, PDF_COLUMNS);
     c.bench_function("pdf_10k_rows_x8", |b| {
         let out = dir.path().join("render.pdf");
-        b.iter(|| render(Format::Pdf, black_box(pdf_doc.as_slice()), &limits, &out).unwrap())
+        b.iter(|| {
+            render(
+                Format::Pdf,
+                black_box(pdf_doc.as_slice()),
+                &limits,
+                &out,
+                None,
+            )
+            .unwrap()
+        })
     });
 }
 

@@ -57,9 +57,9 @@ fn main() -> anyhow::Result<()> {
     }
     let summary = if slice {
         let bytes = std::fs::read(&json)?;
-        render_slice(format, &bytes, &Limits::default(), &out)?
+        render_slice(format, &bytes, &Limits::default(), &out, None)?
     } else {
-        render(format, File::open(&json)?, &Limits::default(), &out)?
+        render(format, File::open(&json)?, &Limits::default(), &out, None)?
     };
     let rendered = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;

@@ -88,6 +88,9 @@ pub struct WorkerConfig {
     pub queue_type: QueueType,
     /// `x-delivery-limit` for quorum queues (RabbitMQ 4 defaults it to 20).
     pub delivery_limit: u32,
+    /// Longest one render may take before it fails permanently (a document
+    /// that takes this long would take as long on every retry).
+    pub render_timeout: Duration,
 }
 
 /// Per-client limits of the API; a client's own limits (`artefatos keys
@@ -288,6 +291,7 @@ impl Config {
                 )?,
                 queue_type,
                 delivery_limit: parse(vars, "ARTEFATOS_DELIVERY_LIMIT", 10)?,
+                render_timeout: duration(vars, "ARTEFATOS_RENDER_TIMEOUT", secs(10 * 60))?,
             },
         })
     }
@@ -376,6 +380,10 @@ mod tests {
         // Renderers follow the machine; attempts in flight follow renderers.
         assert!(config.worker.renderers >= 2);
         assert_eq!(config.worker.concurrency, 16 * config.worker.renderers);
+        assert_eq!(config.worker.render_timeout, secs(600));
+        let vars = HashMap::from([("ARTEFATOS_RENDER_TIMEOUT".to_string(), "90s".to_string())]);
+        let config = Config::from_vars(&vars).unwrap();
+        assert_eq!(config.worker.render_timeout, secs(90));
     }
 
     #[test]

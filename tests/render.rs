@@ -18,7 +18,7 @@ fn out_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 
 fn render_value(format: Format, doc: &Value, out: &Path) -> Result<Summary, RenderError> {
     let bytes = serde_json::to_vec(doc).expect("serialize");
-    render(format, bytes.as_slice(), &Limits::default(), out)
+    render(format, bytes.as_slice(), &Limits::default(), out, None)
 }
 
 /// The issue's example, with the Unicode strings and `rows` rows.
@@ -395,7 +395,14 @@ fn render_refuses_invalid_documents_permanently() {
     let dir = tempfile::tempdir().unwrap();
     for format in Format::ALL {
         let out = out_path(&dir, format.as_str());
-        let err = render(format, &b"{\"sheets\": 3}"[..], &Limits::default(), &out).unwrap_err();
+        let err = render(
+            format,
+            &b"{\"sheets\": 3}"[..],
+            &Limits::default(),
+            &out,
+            None,
+        )
+        .unwrap_err();
         assert!(err.is_permanent());
         match err {
             RenderError::Invalid(e) => assert_eq!(e.path, "document"),
@@ -434,7 +441,14 @@ fn render_reports_a_failing_input_stream_as_retryable() {
     let dir = tempfile::tempdir().unwrap();
     for format in Format::ALL {
         let out = out_path(&dir, format.as_str());
-        let err = render(format, Broken(bytes.clone()), &Limits::default(), &out).unwrap_err();
+        let err = render(
+            format,
+            Broken(bytes.clone()),
+            &Limits::default(),
+            &out,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(err, RenderError::Io(_)), "{format}: {err}");
         assert!(!err.is_permanent());
     }
@@ -467,6 +481,7 @@ fn validation_errors_name_the_place_and_the_reason() {
     let col = |t: &str, ty: &str| json!({"title": t, "type": ty});
     let sheet = |cols: Value, rows: Value| json!({"sheets": [{"name": "S", "columns": cols, "rows": rows}]});
     let long_text = "x".repeat(32_768);
+    let emoji = |n: usize| "😀".repeat(n);
     let mut many_cols = Vec::new();
     for i in 0..257 {
         many_cols.push(col(&format!("c{i}"), "text"));
@@ -554,7 +569,68 @@ fn validation_errors_name_the_place_and_the_reason() {
         ),
         (
             sheet(json!([col("A", "text")]), json!([[long_text]])),
-            "sheets[0].rows[0][0]: text is 32768 characters, over the limit of 32767 (max_cell_chars)",
+            "sheets[0].rows[0][0]: text is 32768 UTF-16 units, over the limit of 32767 (max_cell_chars; Excel counts an emoji as 2)",
+        ),
+        // Excel counts UTF-16 units: an emoji is 2.
+        (
+            json!({"sheets": [{"name": emoji(16), "columns": [col("A", "text")]}]}),
+            "sheets[0].name: sheet name \"😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀😀\" is 32 UTF-16 units, Excel allows at most 31 (it counts an emoji as 2)",
+        ),
+        (
+            sheet(json!([col("A", "text")]), json!([[emoji(20_000)]])),
+            "sheets[0].rows[0][0]: text is 40000 UTF-16 units, over the limit of 32767 (max_cell_chars; Excel counts an emoji as 2)",
+        ),
+        (
+            sheet(json!([col(&emoji(16_384), "text")]), json!([])),
+            "sheets[0].columns[0].title: column title is 32768 UTF-16 units, over the limit of 32767 (max_cell_chars; Excel counts an emoji as 2)",
+        ),
+        (
+            json!({"title": emoji(16_384), "sheets": [{"columns": [col("A", "text")]}]}),
+            "title: title is 32768 UTF-16 units, over the limit of 32767 (max_cell_chars; Excel counts an emoji as 2)",
+        ),
+        (
+            sheet(
+                json!([{"title": "A", "type": "number", "format": format!("0{}", emoji(128))}]),
+                json!([]),
+            ),
+            "sheets[0].columns[0].format: format is 257 UTF-16 units, Excel allows at most 255",
+        ),
+        (
+            sheet(
+                json!([{"title": "A", "type": "number", "format": " "}]),
+                json!([]),
+            ),
+            "sheets[0].columns[0].format: format is empty, expected an Excel number format such as #,##0.00",
+        ),
+        // A format may not print hundreds of decimals (a PDF cell of 1e308).
+        (
+            sheet(
+                json!([{"title": "A", "type": "number", "format": format!("0.{}", "0".repeat(31))}]),
+                json!([]),
+            ),
+            "sheets[0].columns[0].format: format \"0.0000000000000000000000000000000\" asks for 31 decimal places, Excel allows at most 30",
+        ),
+        (
+            sheet(
+                json!([{"title": "A", "type": "number", "format": format!("0;0.{}", "#".repeat(200))}]),
+                json!([]),
+            ),
+            "sheets[0].columns[0].format: format \"0;0.####################################…\" asks for 200 decimal places, Excel allows at most 30",
+        ),
+        // Widths are checked as the f32 the PDF uses: 1e-300 would be 0.
+        (
+            sheet(
+                json!([{"title": "A", "type": "text", "width": 1e-300}]),
+                json!([]),
+            ),
+            "sheets[0].columns[0].width: width 1e-300 is out of range, expected more than 0 and at most 255 characters",
+        ),
+        (
+            sheet(
+                json!([{"title": "A", "type": "text", "width": 255.5}]),
+                json!([]),
+            ),
+            "sheets[0].columns[0].width: width 255.5 is out of range, expected more than 0 and at most 255 characters",
         ),
         (
             sheet(json!([]), json!([])),
@@ -578,7 +654,7 @@ fn validation_errors_name_the_place_and_the_reason() {
         ),
         (
             json!({"sheets": [{"name": "Nome muito comprido para o Excel aceitar", "columns": [col("A", "text")]}]}),
-            "sheets[0].name: sheet name \"Nome muito comprido para o Excel aceitar\" is 40 characters, Excel allows at most 31",
+            "sheets[0].name: sheet name \"Nome muito comprido para o Excel aceitar\" is 40 UTF-16 units, Excel allows at most 31 (it counts an emoji as 2)",
         ),
         (
             json!({"sheets": [{"name": "a/b", "columns": [col("A", "text")]}]}),
@@ -614,25 +690,6 @@ fn validation_errors_name_the_place_and_the_reason() {
         let err = validate(&bytes, &Limits::default()).expect_err(expected);
         assert_eq!(err.to_string(), expected);
     }
-    // Key order matters where rows stream; written as text to keep the order.
-    let ordered: [(&str, &str); 3] = [
-        (
-            r#"{"sheets": [{"name": "S", "rows": [], "columns": [{"title": "A", "type": "text"}]}]}"#,
-            "sheets[0].rows: \"columns\" must come before \"rows\" (rows are streamed, not buffered)",
-        ),
-        (
-            r#"{"sheets": [{"columns": [{"title": "A", "type": "text"}], "rows": [], "name": "S"}]}"#,
-            "sheets[0].name: must come before \"rows\" (the sheet is created when its rows start)",
-        ),
-        (
-            r#"{"sheets": [{"columns": [{"title": "A", "type": "text"}]}], "locale": "pt-BR"}"#,
-            "locale: must come before \"sheets\" (renderers need it before the first row)",
-        ),
-    ];
-    for (doc, expected) in ordered {
-        let err = validate(doc.as_bytes(), &Limits::default()).expect_err(expected);
-        assert_eq!(err.to_string(), expected);
-    }
 }
 
 #[test]
@@ -659,7 +716,7 @@ fn validation_enforces_configured_limits() {
         ),
         (
             json!({"sheets": [{"columns": [col("A")], "rows": [["abcdef"]]}]}),
-            "sheets[0].rows[0][0]: text is 6 characters, over the limit of 5 (max_cell_chars)",
+            "sheets[0].rows[0][0]: text is 6 UTF-16 units, over the limit of 5 (max_cell_chars; Excel counts an emoji as 2)",
         ),
     ];
     for (doc, expected) in cases {
@@ -667,6 +724,18 @@ fn validation_enforces_configured_limits() {
         let err = validate(&bytes, &limits).expect_err(expected);
         assert_eq!(err.to_string(), expected);
     }
+    // A configured limit above Excel's cannot let through what a worksheet
+    // cannot hold.
+    let generous = Limits {
+        max_cell_chars: 1_000_000,
+        ..Limits::default()
+    };
+    let doc = json!({"sheets": [{"columns": [col("A")], "rows": [["x".repeat(32_768)]]}]});
+    let err = validate(&serde_json::to_vec(&doc).unwrap(), &generous).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sheets[0].rows[0][0]: text is 32768 UTF-16 units, over the limit of 32767 (the most an Excel cell holds; Excel counts an emoji as 2)"
+    );
     // Within the limits the same shapes pass.
     let ok = json!({"sheets": [{"columns": [col("A"), col("B")], "rows": [["abcde", null]]}]});
     let summary = validate(&serde_json::to_vec(&ok).unwrap(), &limits).unwrap();
@@ -689,8 +758,15 @@ fn render_slice_writes_what_render_writes() {
     for format in Format::ALL {
         let streamed = out_path(&dir, &format!("streamed.{format}"));
         let sliced = out_path(&dir, &format!("sliced.{format}"));
-        let a = render(format, bytes.as_slice(), &Limits::default(), &streamed).unwrap();
-        let b = render_slice(format, &bytes, &Limits::default(), &sliced).unwrap();
+        let a = render(
+            format,
+            bytes.as_slice(),
+            &Limits::default(),
+            &streamed,
+            None,
+        )
+        .unwrap();
+        let b = render_slice(format, &bytes, &Limits::default(), &sliced, None).unwrap();
         assert_eq!(a, b);
         if format == Format::Pdf {
             assert_eq!(pdf_pages_text(&streamed), pdf_pages_text(&sliced));
@@ -704,6 +780,7 @@ fn render_slice_writes_what_render_writes() {
         b"{\"sheets\": []}",
         &Limits::default(),
         &dir.path().join("x"),
+        None,
     )
     .unwrap_err();
     assert!(err.is_permanent(), "{err}");
@@ -718,8 +795,8 @@ fn render_to_memory_reads_back_like_a_file() {
     for format in Format::ALL {
         let file = out_path(&dir, &format!("file.{format}"));
         let memory = out_path(&dir, &format!("memory.{format}"));
-        let a = render_slice(format, &bytes, &Limits::default(), &file).unwrap();
-        let (b, buffer) = render_to_memory(format, &bytes, &Limits::default()).unwrap();
+        let a = render_slice(format, &bytes, &Limits::default(), &file, None).unwrap();
+        let (b, buffer) = render_to_memory(format, &bytes, &Limits::default(), None).unwrap();
         assert_eq!(a, b);
         std::fs::write(&memory, &buffer).unwrap();
         if format == Format::Pdf {
@@ -736,7 +813,8 @@ fn render_to_memory_reads_back_like_a_file() {
             assert_eq!(rows, read(&file));
         }
     }
-    let err = render_to_memory(Format::Xlsx, b"{\"sheets\": 3}", &Limits::default()).unwrap_err();
+    let err =
+        render_to_memory(Format::Xlsx, b"{\"sheets\": 3}", &Limits::default(), None).unwrap_err();
     assert!(err.is_permanent(), "{err}");
 }
 
@@ -832,9 +910,530 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         for format in Format::ALL {
             let out = dir.path().join(format.as_str());
-            let rendered = render(format, bytes.as_slice(), &Limits::default(), &out).unwrap();
+            let rendered = render(format, bytes.as_slice(), &Limits::default(), &out, None).unwrap();
             prop_assert_eq!(&rendered, &summary);
             prop_assert!(std::fs::metadata(&out).unwrap().len() > 0);
+        }
+    }
+}
+
+/// Everything a reader sees in a rendered file: every XLSX sheet's name,
+/// cells and formulas; every PDF page's text and size.
+fn read_back(format: Format, path: &Path) -> String {
+    match format {
+        Format::Xlsx => {
+            let mut book: Xlsx<_> = open_workbook(path).unwrap();
+            let mut out = String::new();
+            for name in book.sheet_names() {
+                let cells = book.worksheet_range(&name).unwrap();
+                let formulas = book.worksheet_formula(&name).unwrap();
+                out.push_str(&format!("{name}: {cells:?} {formulas:?}\n"));
+            }
+            out
+        }
+        Format::Pdf => {
+            let pdf = lopdf::Document::load(path).unwrap();
+            let sizes: Vec<String> = pdf
+                .page_iter()
+                .map(|p| format!("{:?}", pdf.get_dictionary(p).unwrap().get(b"MediaBox")))
+                .collect();
+            format!("{sizes:?}\n{}", pdf_pages_text(path).join("\n---\n"))
+        }
+    }
+}
+
+/// All orders of `items`.
+fn permutations(items: &[&'static str]) -> Vec<Vec<&'static str>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut all = Vec::new();
+    for (i, first) in items.iter().enumerate() {
+        let mut rest = items.to_vec();
+        rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first);
+            all.push(tail);
+        }
+    }
+    all
+}
+
+/// A JSON object written with its keys in `order` (serde_json's maps sort).
+fn object_in_order(fields: &[(&str, String)], order: &[&str]) -> String {
+    let parts: Vec<String> = order
+        .iter()
+        .map(|key| {
+            let (_, value) = fields.iter().find(|(k, _)| k == key).unwrap();
+            format!("{}: {value}", serde_json::to_string(key).unwrap())
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+#[test]
+fn any_key_order_validates_and_renders_the_same() {
+    let sheet_fields = |name: &str| {
+        vec![
+            ("name", serde_json::to_string(name).unwrap()),
+            (
+                "columns",
+                json!([
+                    {"title": "Cliente", "type": "text"},
+                    {"title": "Valor", "type": "number", "format": "#,##0.00"}
+                ])
+                .to_string(),
+            ),
+            (
+                "rows",
+                json!([["Açaí", 1234.5], ["Ñandú", null], ["São Paulo", -7]]).to_string(),
+            ),
+            ("totals", json!({"Valor": "sum"}).to_string()),
+        ]
+    };
+    const SHEET_KEYS: [&str; 4] = ["name", "columns", "rows", "totals"];
+    const DOC_KEYS: [&str; 4] = ["title", "locale", "pdf", "sheets"];
+    let document = |doc_order: &[&str], first: &[&str], second: &[&str]| {
+        let sheets = format!(
+            "[{}, {}]",
+            object_in_order(&sheet_fields("Vendas"), first),
+            object_in_order(&sheet_fields("Mais"), second)
+        );
+        let fields = vec![
+            ("title", "\"Ordem\"".to_string()),
+            ("locale", "\"pt-BR\"".to_string()),
+            (
+                "pdf",
+                json!({"page_size": "Letter", "orientation": "landscape"}).to_string(),
+            ),
+            ("sheets", sheets),
+        ];
+        object_in_order(&fields, doc_order)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reference = document(&DOC_KEYS, &SHEET_KEYS, &SHEET_KEYS);
+    let expected: Vec<String> = Format::ALL
+        .iter()
+        .map(|&format| {
+            let out = dir.path().join(format!("reference.{format}"));
+            render_slice(format, reference.as_bytes(), &Limits::default(), &out, None).unwrap();
+            read_back(format, &out)
+        })
+        .collect();
+    assert!(
+        expected[1].contains("1.227,50"),
+        "pt-BR total: {}",
+        expected[1]
+    );
+    assert!(
+        expected[1].contains("792"),
+        "Letter landscape: {}",
+        expected[1]
+    );
+    let sheet_orders = permutations(&SHEET_KEYS);
+    let mut documents: Vec<String> = permutations(&DOC_KEYS)
+        .iter()
+        .map(|order| document(order, &SHEET_KEYS, &SHEET_KEYS))
+        .collect();
+    for (i, order) in sheet_orders.iter().enumerate() {
+        // The second sheet in another order than the first.
+        let other = &sheet_orders[sheet_orders.len() - 1 - i];
+        documents.push(document(
+            &["sheets", "pdf", "locale", "title"],
+            order,
+            other,
+        ));
+    }
+    for (i, doc) in documents.iter().enumerate() {
+        let summary =
+            validate(doc.as_bytes(), &Limits::default()).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        assert_eq!(summary, Summary { sheets: 2, rows: 6 }, "{doc}");
+        for (f, &format) in Format::ALL.iter().enumerate() {
+            let out = dir.path().join(format!("{i}.{format}"));
+            let via_slice = render_slice(format, doc.as_bytes(), &Limits::default(), &out, None)
+                .unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert_eq!(via_slice, summary);
+            assert_eq!(read_back(format, &out), expected[f], "{format} of {doc}");
+        }
+    }
+    // The streaming and in-memory entry points agree on the most shuffled one.
+    let shuffled = document(
+        &["sheets", "pdf", "locale", "title"],
+        &["totals", "rows", "columns", "name"],
+        &["rows", "name", "totals", "columns"],
+    );
+    for (f, &format) in Format::ALL.iter().enumerate() {
+        let out = dir.path().join(format!("streamed.{format}"));
+        render(format, shuffled.as_bytes(), &Limits::default(), &out, None).unwrap();
+        assert_eq!(read_back(format, &out), expected[f]);
+        let (_, bytes) =
+            render_to_memory(format, shuffled.as_bytes(), &Limits::default(), None).unwrap();
+        let out = dir.path().join(format!("memory.{format}"));
+        std::fs::write(&out, bytes).unwrap();
+        assert_eq!(read_back(format, &out), expected[f]);
+    }
+    // Errors in a part read by the first pass still name their place.
+    let bad = r#"{"sheets": [{"rows": [[1]], "columns": [{"title": "A", "type": "money"}]}]}"#;
+    assert_eq!(
+        validate(bad.as_bytes(), &Limits::default())
+            .unwrap_err()
+            .to_string(),
+        "sheets[0].columns[0].type: unknown column type \"money\", expected one of text, number, integer, date, datetime, boolean, percent"
+    );
+    let bad = r#"{"sheets": [{"rows": [["x"]], "columns": [{"title": "A", "type": "number"}]}]}"#;
+    assert_eq!(
+        validate(bad.as_bytes(), &Limits::default())
+            .unwrap_err()
+            .to_string(),
+        "sheets[0].rows[0][0]: expected number, got \"x\""
+    );
+    let bad = r#"{"sheets": [{"rows": [], "name": "S"}]}"#;
+    assert_eq!(
+        validate(bad.as_bytes(), &Limits::default())
+            .unwrap_err()
+            .to_string(),
+        "sheets[0]: missing field \"columns\""
+    );
+    let bad = r#"{"sheets": [{"columns": [{"title": "A", "type": "text"}]}], "locale": "fr-FR"}"#;
+    for format in Format::ALL {
+        let err = render_slice(
+            format,
+            bad.as_bytes(),
+            &Limits::default(),
+            &dir.path().join("bad"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid document: locale: unsupported locale \"fr-FR\", expected one of pt-BR, en-US"
+        );
+    }
+}
+
+#[test]
+fn texts_at_excels_utf16_limits_render() {
+    // 15 emoji and a letter: 31 UTF-16 units; 16,383 emoji: 32,766 units.
+    let name = format!("{}x", "😀".repeat(15));
+    let cell = "😀".repeat(16_383);
+    let doc = json!({"sheets": [{
+        "name": name,
+        "columns": [{"title": "😀".repeat(100), "type": "text", "format": format!("@{}", "😀".repeat(127))}],
+        "rows": [[cell]]
+    }]});
+    let bytes = serde_json::to_vec(&doc).unwrap();
+    validate(&bytes, &Limits::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let out = dir.path().join(format.as_str());
+        render_slice(format, &bytes, &Limits::default(), &out, None).unwrap();
+    }
+    let mut book: Xlsx<_> = open_workbook(dir.path().join("xlsx")).unwrap();
+    assert_eq!(book.sheet_names(), vec![name.clone()]);
+    let range = book.worksheet_range(&name).unwrap();
+    assert_eq!(range.get_value((1, 0)), Some(&Data::String(cell)));
+}
+
+#[test]
+fn pathological_cells_render_without_quadratic_fitting() {
+    // Each of these cells used to be measured again after every character:
+    // 32,767 zero-width combining marks never fill a line, and a 30-decimal
+    // format on 1e308 prints about 450 characters into a narrow column.
+    let marks = "\u{301}".repeat(32_767);
+    let word = "W".repeat(32_767);
+    let rows: Vec<Value> = (0..20)
+        .map(|i| {
+            json!([
+                marks,
+                word,
+                if i % 2 == 0 { 1e308 } else { -f64::MAX },
+                1e308
+            ])
+        })
+        .collect();
+    let decimals = format!("#,##0.{}", "0".repeat(30));
+    let doc = json!({"sheets": [{
+        "columns": [
+            {"title": "Marks", "type": "text", "width": 1},
+            {"title": "Word", "type": "text", "width": 1},
+            {"title": "Big", "type": "number", "format": decimals, "width": 1},
+            {"title": "Pct", "type": "percent", "format": format!("0.{}%", "0".repeat(30)), "width": 255}
+        ],
+        "rows": rows,
+        "totals": {"Big": "max", "Pct": "sum"}
+    }]});
+    let bytes = serde_json::to_vec(&doc).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let out = dir.path().join(format.as_str());
+        let summary = render_slice(format, &bytes, &Limits::default(), &out, None).unwrap();
+        assert_eq!(summary.rows, 20);
+    }
+    let text = pdf_pages_text(&dir.path().join("pdf")).join("\n");
+    assert!(text.contains('…'), "long cells are cut with an ellipsis");
+}
+
+#[test]
+fn tiny_column_widths_give_a_readable_pdf() {
+    // 1e-30 survives the f32 conversion; all columns that narrow still share
+    // the page (no NaN positions), and 1e-300 is refused by validation.
+    let doc = json!({"sheets": [{
+        "columns": [
+            {"title": "A", "type": "text", "width": 1e-30},
+            {"title": "B", "type": "number", "width": 1e-30}
+        ],
+        "rows": [["abc", 1.5]]
+    }]});
+    let dir = tempfile::tempdir().unwrap();
+    for format in Format::ALL {
+        let out = dir.path().join(format.as_str());
+        render_value(format, &doc, &out).unwrap();
+    }
+    let pages = pdf_pages_text(&dir.path().join("pdf"));
+    assert!(pages[0].contains("abc"), "{}", pages[0]);
+    let pdf = std::fs::read(dir.path().join("pdf")).unwrap();
+    assert!(!String::from_utf8_lossy(&pdf).contains("NaN"));
+}
+
+#[test]
+fn a_render_past_its_deadline_fails_permanently() {
+    let bytes = serde_json::to_vec(&sales(600, "pt-BR")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let expired = Some(std::time::Duration::ZERO);
+    for format in Format::ALL {
+        let out = dir.path().join(format.as_str());
+        let errors = [
+            render_slice(format, &bytes, &Limits::default(), &out, expired).unwrap_err(),
+            render(format, bytes.as_slice(), &Limits::default(), &out, expired).unwrap_err(),
+            render_to_memory(format, &bytes, &Limits::default(), expired).unwrap_err(),
+        ];
+        for err in errors {
+            assert!(matches!(err, RenderError::TimedOut { .. }), "{err}");
+            assert!(err.is_permanent());
+            assert_eq!(err.to_string(), "render exceeded 0 s");
+        }
+        // A generous deadline changes nothing.
+        let generous = Some(std::time::Duration::from_secs(3600));
+        let summary = render_slice(format, &bytes, &Limits::default(), &out, generous).unwrap();
+        assert_eq!(summary.rows, 600);
+    }
+}
+
+/// Text from every plane: ASCII, accents, CJK, combining marks, emoji
+/// (astral: 2 UTF-16 units), controls, and the characters sheet names forbid.
+fn unicode_char() -> BoxedStrategy<char> {
+    prop_oneof![
+        4 => proptest::char::range('a', 'z'),
+        2 => proptest::sample::select(vec!['ç', 'ã', 'Ñ', 'ß', '漢', '\u{301}', '\u{200b}', ' ', '\n', '\t', '\'', '/', '[', '*', '…']),
+        3 => proptest::char::range('\u{1f600}', '\u{1f64f}'),
+        1 => proptest::char::range('\u{10000}', '\u{10ffff}'),
+        1 => any::<char>(),
+    ]
+    .boxed()
+}
+
+/// A string of `min..max` characters; near Excel's limits when they are astral.
+fn unicode_string(min: usize, max: usize) -> BoxedStrategy<String> {
+    proptest::collection::vec(unicode_char(), min..max)
+        .prop_map(|cs| cs.into_iter().collect())
+        .boxed()
+}
+
+/// Any JSON number, extremes included (JSON has no NaN or infinity).
+fn any_number() -> BoxedStrategy<Value> {
+    prop_oneof![
+        3 => (-1e6f64..1e6).prop_map(Value::from),
+        1 => proptest::sample::select(vec![
+            f64::MAX, f64::MIN, f64::MIN_POSITIVE, 5e-324, 1e308, -1e308, -0.0, 0.0, 9_007_199_254_740_993.0,
+        ]).prop_map(Value::from),
+        1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => any::<u64>().prop_map(Value::from),
+    ]
+    .boxed()
+}
+
+/// A cell of the column's type, rarely of another: a mismatch makes the
+/// document invalid, which the property allows, but most stay valid.
+fn hostile_cell(kind: &'static str) -> BoxedStrategy<Value> {
+    let own = if kind == "text" {
+        prop_oneof![
+            12 => unicode_string(0, 40).prop_map(Value::from),
+            // Around 32,767 UTF-16 units: 16,383 or 16,384 emoji, or letters.
+            1 => (16_380usize..16_385).prop_map(|n| Value::from("😀".repeat(n))),
+            1 => (32_760usize..32_769).prop_map(|n| Value::from("x".repeat(n))),
+        ]
+        .boxed()
+    } else if matches!(kind, "number" | "percent") {
+        prop_oneof![1 => cell_for(kind), 1 => any_number()].boxed()
+    } else {
+        cell_for(kind)
+    };
+    prop_oneof![200 => own, 1 => any_number()].boxed()
+}
+
+fn hostile_format() -> BoxedStrategy<Option<String>> {
+    prop_oneof![
+        6 => Just(None),
+        2 => proptest::sample::select(vec!["#,##0.00", "0.000%", "@", "yyyy-mm-dd hh:mm", "0;(0)", "General"])
+            .prop_map(|f| Some(f.to_string())),
+        2 => (0usize..32).prop_map(|n| Some(format!("#,##0.{}", "0".repeat(n)))),
+        // 255 UTF-16 units at most: "0" and 127 emoji.
+        1 => (124usize..129).prop_map(|n| Some(format!("0{}", "😀".repeat(n)))),
+        1 => unicode_string(1, 12).prop_map(|f| Some(format!("0{f}"))),
+    ]
+    .boxed()
+}
+
+fn hostile_width() -> BoxedStrategy<Option<f64>> {
+    prop_oneof![
+        6 => Just(None),
+        3 => proptest::sample::select(vec![1e-30, 1e-6, 0.5, 10.0, 255.0]).prop_map(Some),
+        3 => (0.01f64..255.0).prop_map(Some),
+        1 => proptest::sample::select(vec![1e-300, 1e-46, 255.1, 1e300, 0.0, -1.0]).prop_map(Some),
+    ]
+    .boxed()
+}
+
+/// A sheet name near Excel's 31 UTF-16 units, rarely with a forbidden character.
+fn hostile_sheet_name() -> BoxedStrategy<String> {
+    let safe = prop_oneof![
+        3 => proptest::char::range('a', 'z'),
+        1 => proptest::sample::select(vec!['ç', 'Ñ', '漢', '\u{301}', ' ', '-']),
+        2 => proptest::char::range('\u{1f600}', '\u{1f64f}'),
+    ];
+    prop_oneof![
+        12 => proptest::collection::vec(safe, 8..20).prop_map(|cs| cs.into_iter().collect()),
+        1 => unicode_string(1, 20),
+    ]
+    .boxed()
+}
+
+/// One sheet as JSON text, keys in a random order.
+fn hostile_sheet() -> BoxedStrategy<String> {
+    (
+        proptest::collection::vec(
+            (
+                0usize..KINDS.len(),
+                hostile_format(),
+                hostile_width(),
+                unicode_string(1, 12),
+            ),
+            1..6,
+        ),
+        prop_oneof![1 => Just(None), 3 => hostile_sheet_name().prop_map(Some)],
+        0usize..12,
+        proptest::collection::vec(
+            proptest::option::of(proptest::sample::select(vec![
+                "sum", "average", "min", "max", "count",
+            ])),
+            5,
+        ),
+        Just(["name", "columns", "rows", "totals"]).prop_shuffle(),
+    )
+        .prop_flat_map(|(columns, name, rows, functions, order)| {
+            let row = columns
+                .iter()
+                .map(|(k, ..)| hostile_cell(KINDS[*k]))
+                .collect::<Vec<_>>();
+            (
+                Just((columns, name, functions, order)),
+                proptest::collection::vec(row, rows),
+            )
+        })
+        .prop_map(|((columns, name, functions, order), rows)| {
+            let cols: Vec<Value> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, (k, format, width, title))| {
+                    let mut c = json!({"title": format!("{title}{i}"), "type": KINDS[*k]});
+                    if let Some(f) = format {
+                        c["format"] = json!(f);
+                    }
+                    if let Some(w) = width {
+                        c["width"] = json!(w);
+                    }
+                    c
+                })
+                .collect();
+            // Totals on some columns: any function on numbers, a count on
+            // the rest (and rarely, through the last column, anything).
+            let totals: serde_json::Map<String, Value> = functions
+                .iter()
+                .zip(columns.iter().zip(&cols))
+                .enumerate()
+                .filter_map(|(i, (f, ((k, ..), c)))| {
+                    let numeric = matches!(KINDS[*k], "number" | "integer" | "percent");
+                    let f = match f {
+                        Some(f) if numeric || i == 4 => *f,
+                        Some(_) => "count",
+                        None => return None,
+                    };
+                    Some((c["title"].as_str().unwrap().to_string(), json!(f)))
+                })
+                .collect();
+            let mut fields = vec![
+                ("columns", Value::Array(cols).to_string()),
+                ("rows", serde_json::to_string(&rows).unwrap()),
+                ("totals", Value::Object(totals).to_string()),
+            ];
+            let mut order: Vec<&str> = order.to_vec();
+            match name {
+                Some(n) => fields.push(("name", serde_json::to_string(&n).unwrap())),
+                None => order.retain(|k| *k != "name"),
+            }
+            object_in_order(&fields, &order)
+        })
+        .boxed()
+}
+
+/// A whole document as JSON text: several sheets, settings and title in any order.
+fn hostile_document() -> BoxedStrategy<String> {
+    (
+        proptest::collection::vec(hostile_sheet(), 1..4),
+        any::<bool>(),
+        any::<bool>(),
+        unicode_string(0, 30),
+        Just(["title", "locale", "pdf", "sheets"]).prop_shuffle(),
+    )
+        .prop_map(|(sheets, pt, landscape, title, order)| {
+            let fields = vec![
+                ("title", serde_json::to_string(&title).unwrap()),
+                (
+                    "locale",
+                    json!(if pt { "pt-BR" } else { "en-US" }).to_string(),
+                ),
+                (
+                    "pdf",
+                    json!({"orientation": if landscape { "landscape" } else { "portrait" }})
+                        .to_string(),
+                ),
+                ("sheets", format!("[{}]", sheets.join(", "))),
+            ];
+            object_in_order(&fields, &order)
+        })
+        .boxed()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// "A document that validates renders": whatever the validator accepts
+    /// renders in both formats with the same summary, and whatever it
+    /// refuses, rendering refuses with the same error, never a panic.
+    #[test]
+    fn whatever_validates_renders_and_whatever_is_refused_fails_alike(doc in hostile_document()) {
+        let dir = tempfile::tempdir().unwrap();
+        let verdict = validate(doc.as_bytes(), &Limits::default());
+        for format in Format::ALL {
+            let out = dir.path().join(format.as_str());
+            let rendered = render_slice(format, doc.as_bytes(), &Limits::default(), &out, None);
+            match (&verdict, rendered) {
+                (Ok(summary), Ok(rendered)) => prop_assert_eq!(summary, &rendered),
+                (Ok(_), Err(e)) => prop_assert!(false, "{} refused a valid document: {}\n{}", format, e, doc),
+                (Err(v), Err(RenderError::Invalid(e))) => prop_assert_eq!(v, &e),
+                (Err(v), other) => prop_assert!(false, "{}: validation said {} but render gave {:?}", format, v, other.map(|_| ())),
+            }
         }
     }
 }

@@ -74,6 +74,7 @@ impl AttemptError {
     fn public_message(&self) -> String {
         match self {
             AttemptError::Render(RenderError::Invalid(e)) => format!("invalid document: {e}"),
+            AttemptError::Render(e @ RenderError::TimedOut { .. }) => e.to_string(),
             AttemptError::Render(e) if e.is_permanent() => {
                 "the document could not be rendered".into()
             }
@@ -91,6 +92,7 @@ impl AttemptError {
     fn code(&self) -> &'static str {
         match self {
             AttemptError::Render(RenderError::Invalid(_)) => "invalid_document",
+            AttemptError::Render(RenderError::TimedOut { .. }) => "render_timeout",
             AttemptError::Render(_) => "render_failed",
             AttemptError::Storage(_) => "storage_failed",
             AttemptError::Database(_) => "database_failed",

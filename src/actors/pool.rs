@@ -173,6 +173,7 @@ impl PoolState {
         let name = renderer_name(self.format, slot);
         let args = RendererArgs {
             limits: self.ctx.config.limits,
+            timeout: self.ctx.config.worker.render_timeout,
             pool: myself.clone(),
             slot,
         };

@@ -3,6 +3,8 @@
 //! render (claim, upload, commit) happens elsewhere, so a renderer is busy
 //! only while a core is.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -17,6 +19,9 @@ pub(crate) struct Renderer;
 
 pub(crate) struct RendererArgs {
     pub limits: Limits,
+    /// A render still running after this fails for good (`TimedOut`), which
+    /// frees the renderer: the parser checks the clock between rows.
+    pub timeout: Duration,
     pub pool: ActorRef<PoolMsg>,
     pub slot: usize,
 }
@@ -52,7 +57,8 @@ impl Actor for Renderer {
             big,
             reply,
         } = job;
-        let result = render_blocking(state.limits, job_id, format, payload, big).await;
+        let settings = (state.limits, state.timeout);
+        let result = render_blocking(settings, job_id, format, payload, big).await;
         let _ = reply.send(result);
         // The pool is this actor's supervisor; it outlives it.
         let _ = state.pool.cast(PoolMsg::Idle(state.slot));
@@ -63,7 +69,7 @@ impl Actor for Renderer {
 /// Renders on a blocking thread so no actor's mailbox or runtime worker
 /// stalls; a panic inside the renderer is re-raised here, in the actor.
 async fn render_blocking(
-    limits: Limits,
+    (limits, timeout): (Limits, Duration),
     job_id: Uuid,
     format: Format,
     payload: String,
@@ -71,12 +77,13 @@ async fn render_blocking(
 ) -> Result<Rendered, RenderError> {
     let joined = tokio::task::spawn_blocking(move || {
         if !big {
-            let (_, bytes) = render::render_to_memory(format, payload.as_bytes(), &limits)?;
+            let (_, bytes) =
+                render::render_to_memory(format, payload.as_bytes(), &limits, Some(timeout))?;
             return Ok(Rendered::Memory(Bytes::from(bytes)));
         }
         let dir = tempfile::Builder::new().prefix("artefatos-").tempdir()?;
         let path = dir.path().join(format!("{job_id}.{format}"));
-        render::render_slice(format, payload.as_bytes(), &limits, &path)?;
+        render::render_slice(format, payload.as_bytes(), &limits, &path, Some(timeout))?;
         Ok(Rendered::File { dir, path })
     })
     .await;

@@ -43,17 +43,22 @@ impl Metrics {
 
     /// Width of `text` in points at font size `size`.
     pub fn width(&self, text: &str, size: f32) -> f32 {
-        let units: u32 = text
-            .chars()
-            .map(|c| {
-                let cp = c as usize;
-                u32::from(if cp < TABLE_SIZE {
-                    self.table[cp]
-                } else {
-                    self.lookup(c)
-                })
-            })
-            .sum();
+        self.points(text.chars().map(|c| self.units(c)).sum(), size)
+    }
+
+    /// The advance of `c` in font units. Widths add up (no kerning), so
+    /// callers fitting text keep running sums instead of measuring again.
+    pub fn units(&self, c: char) -> u32 {
+        let cp = c as usize;
+        u32::from(if cp < TABLE_SIZE {
+            self.table[cp]
+        } else {
+            self.lookup(c)
+        })
+    }
+
+    /// Font units at `size`, in points.
+    pub fn points(&self, units: u32, size: f32) -> f32 {
         units as f32 * size / self.units_per_em
     }
 }

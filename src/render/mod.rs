@@ -7,16 +7,20 @@
 //! [`validate`] and [`render`] run the same streaming reader (`parse.rs`): a
 //! serde visitor that checks each value as it arrives and hands each row to a
 //! sink — a no-op for `validate`, a writer for XLSX or PDF. So a document that
-//! validates renders, and a row list is never held in memory.
+//! validates renders (a property test in `tests/render.rs` and the fuzz
+//! target in `fuzz/` hold it to that), and a row list is never held in memory.
 //!
 //! # Key order
-//! Because rows stream, a sheet's `columns` (and `name`, if given) must come
-//! before its `rows`, and the document's `locale` and `pdf` before `sheets`;
-//! otherwise validation fails with a message saying so (`sheets[0].rows:
-//! "columns" must come before "rows"`). `title` and `totals` may come anywhere.
-//! serde_json's default maps and PostgreSQL's `json` type keep key order;
-//! `jsonb` would not (it sorts `rows` before `columns`), so payloads are stored
-//! as `json`.
+//! JSON objects are unordered, and any key order is accepted. Rows stream, so
+//! a sheet's `columns` and `name` are needed before its `rows`, and the PDF
+//! needs the document's `locale` and `pdf` before `sheets`. In that order
+//! (the common case) a document is read once per pass. Otherwise the pass
+//! stops where it finds out, a first pass over the same bytes reads only the
+//! settings, names and columns (skipping rows with `IgnoredAny`, so memory
+//! stays flat), and the pass runs again knowing them. Validation and XLSX
+//! never need `locale` or `pdf`, so for them those keys cost nothing
+//! wherever they are. [`render`] from a reader spools its input to a
+//! temporary file so that it can be read again.
 //!
 //! # Defaults
 //! `locale` defaults to `en-US` (`pt-BR` and `en-US` are supported); `pdf`
@@ -26,19 +30,32 @@
 //!
 //! # Memory
 //! XLSX streams rows into constant-memory worksheets. PDF renders in two
-//! passes over a temp-file copy of the input (lay out to count pages, then
-//! draw) and hands printpdf 100 pages at a time, so neither holds the
-//! document; see BENCHMARKS.md for the figures.
+//! passes over the input (lay out to count pages, then draw) and hands
+//! printpdf 100 pages at a time, so neither holds the document; see
+//! BENCHMARKS.md for the figures. Every pass reads the slice again
+//! ([`render_slice`]) or an anonymous temp-file copy of the stream
+//! ([`render`]).
 //!
 //! # Limits
-//! [`Limits`] bound sheets, rows per sheet, columns and characters per text
-//! cell; whatever they say, a sheet also holds at most 1,048,575 data rows and
-//! 16,384 columns, because that is what a worksheet can store.
+//! [`Limits`] bound sheets, rows per sheet, columns and text length; whatever
+//! they say, a sheet also holds at most 1,048,575 data rows and 16,384
+//! columns, and a text at most 32,767 UTF-16 units, because that is what a
+//! worksheet can store. Lengths that Excel limits are counted as Excel counts
+//! them, in UTF-16 code units (sheet names ≤ 31, formats ≤ 255); formats ask
+//! for at most 30 decimals, and widths are checked as the f32 the PDF uses.
+//! Every limit the XLSX writer enforces is checked here first: a document
+//! that validates renders.
+//!
+//! # Deadline
+//! Every render takes an optional timeout (`ARTEFATOS_RENDER_TIMEOUT` in the
+//! worker); the parser looks at the clock at each sheet and every 256 rows and
+//! fails with the permanent [`RenderError::TimedOut`] once it has passed.
 
 use std::fmt;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +69,11 @@ mod pdf_file;
 pub mod sample;
 mod xlsx;
 
-pub use parse::{EXCEL_MAX_COLUMNS, EXCEL_MAX_DATA_ROWS, MAX_SHEET_NAME_CHARS};
+use parse::{Deadline, Heads, Pass, Stop};
+pub use parse::{
+    EXCEL_MAX_CELL_CHARS, EXCEL_MAX_COLUMNS, EXCEL_MAX_DATA_ROWS, MAX_FORMAT_CHARS,
+    MAX_FORMAT_DECIMALS, MAX_SHEET_NAME_CHARS,
+};
 
 /// An output format; also names the work queue that carries its jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,6 +127,9 @@ pub struct Limits {
     pub max_sheets: usize,
     pub max_rows: usize,
     pub max_columns: usize,
+    /// Longest text cell, column title or document title, in UTF-16 code
+    /// units as Excel counts them (an emoji is 2); at most 32,767, Excel's
+    /// own limit, whatever this says.
     pub max_cell_chars: usize,
 }
 
@@ -158,6 +182,10 @@ pub enum RenderError {
     /// A renderer was driven out of order; a bug, not bad data.
     #[error("renderer bug: {0}")]
     Internal(&'static str),
+    /// The render ran past its deadline (`ARTEFATOS_RENDER_TIMEOUT`): the
+    /// same document would take as long again, so it is not retried.
+    #[error("render exceeded {seconds} s")]
+    TimedOut { seconds: f64 },
 }
 
 impl RenderError {
@@ -165,7 +193,10 @@ impl RenderError {
     /// way. I/O failures (disk full, temp dir gone) may pass on another try.
     pub fn is_permanent(&self) -> bool {
         match self {
-            RenderError::Invalid(_) | RenderError::Pdf(_) | RenderError::Internal(_) => true,
+            RenderError::Invalid(_)
+            | RenderError::Pdf(_)
+            | RenderError::Internal(_)
+            | RenderError::TimedOut { .. } => true,
             RenderError::Io(_) => false,
             RenderError::Xlsx(e) => !matches!(e, rust_xlsxwriter::XlsxError::IoError(_)),
         }
@@ -180,10 +211,13 @@ impl From<ValidationError> for RenderError {
 
 /// Checks a whole document without rendering it, in one pass and without
 /// holding its rows: the HTTP layer's gate, so a bad document never becomes a
-/// job.
+/// job. A document whose keys are out of order costs a second pass.
 pub fn validate(document: &[u8], limits: &Limits) -> Result<Summary, ValidationError> {
-    let mut de = serde_json::Deserializer::from_slice(document);
-    match parse::parse(&mut de, limits, &mut parse::NullSink) {
+    let pass = Pass::new(limits, None, false);
+    let result = with_heads(&mut &*document, &pass, &mut None, |mut de, pass| {
+        parse::parse(&mut de, pass, &mut parse::NullSink)
+    });
+    match result {
         Ok(parsed) => Ok(parsed.summary),
         Err(RenderError::Invalid(e)) => Err(e),
         // The null sink never fails; keep the reason if that ever changes.
@@ -196,64 +230,36 @@ pub fn validate(document: &[u8], limits: &Limits) -> Result<Summary, ValidationE
 
 /// Renders `document` (JSON, read as a stream) into the file at `out`,
 /// validating as it goes with the same rules as [`validate`]. Blocking CPU
-/// and file work: call it from a blocking thread.
+/// and file work: call it from a blocking thread. The input is first copied
+/// to an anonymous temporary file, which each pass then reads (the PDF makes
+/// two, an out-of-order document one more); [`render_slice`] needs no copy.
+/// Past `timeout` it fails with [`RenderError::TimedOut`].
 pub fn render(
     format: Format,
-    document: impl Read,
+    mut document: impl Read,
     limits: &Limits,
     out: &Path,
+    timeout: Option<Duration>,
 ) -> Result<Summary, RenderError> {
-    let reader = BufReader::with_capacity(1 << 16, document);
-    match format {
-        Format::Xlsx => render_xlsx(serde_json::Deserializer::from_reader(reader), limits, out),
-        Format::Pdf => {
-            // Pass one lays out (to count pages) while spooling the input to
-            // an anonymous temporary file; pass two reads the spool and draws.
-            let mut spool = Tee {
-                inner: reader,
-                copy: std::io::BufWriter::new(tempfile::tempfile()?),
-            };
-            let (pages, title) =
-                layout_pdf(serde_json::Deserializer::from_reader(&mut spool), limits)?;
-            let mut file = spool.copy.into_inner().map_err(|e| e.into_error())?;
-            file.seek(SeekFrom::Start(0))?;
-            let reader = BufReader::with_capacity(1 << 16, file);
-            draw_pdf(
-                serde_json::Deserializer::from_reader(reader),
-                limits,
-                pdf_file::PdfFile::create(out)?,
-                pages,
-                title,
-            )
-            .map(|(summary, _)| summary)
-        }
-    }
+    let deadline = Deadline::after(timeout);
+    let mut spool = std::io::BufWriter::with_capacity(1 << 16, tempfile::tempfile()?);
+    std::io::copy(&mut document, &mut spool)?;
+    let mut src = Spool(spool.into_inner().map_err(|e| e.into_error())?);
+    render_src(format, &mut src, limits, deadline, Target::File(out)).map(|(s, _)| s)
 }
 
 /// [`render`] for a payload already in memory (a worker's row from
 /// PostgreSQL): same rules and output, but parsing a slice is about twice as
-/// fast as parsing a stream, and the PDF needs no spool file.
+/// fast as parsing a stream, and it needs no spool file.
 pub fn render_slice(
     format: Format,
     document: &[u8],
     limits: &Limits,
     out: &Path,
+    timeout: Option<Duration>,
 ) -> Result<Summary, RenderError> {
-    match format {
-        Format::Xlsx => render_xlsx(serde_json::Deserializer::from_slice(document), limits, out),
-        Format::Pdf => {
-            let (pages, title) =
-                layout_pdf(serde_json::Deserializer::from_slice(document), limits)?;
-            draw_pdf(
-                serde_json::Deserializer::from_slice(document),
-                limits,
-                pdf_file::PdfFile::create(out)?,
-                pages,
-                title,
-            )
-            .map(|(summary, _)| summary)
-        }
-    }
+    let deadline = Deadline::after(timeout);
+    render_src(format, &mut &*document, limits, deadline, Target::File(out)).map(|(s, _)| s)
 }
 
 /// [`render_slice`] into memory: for small documents, whose artifact is
@@ -264,79 +270,136 @@ pub fn render_to_memory(
     format: Format,
     document: &[u8],
     limits: &Limits,
+    timeout: Option<Duration>,
 ) -> Result<(Summary, Vec<u8>), RenderError> {
-    match format {
-        Format::Xlsx => {
-            let mut de = serde_json::Deserializer::from_slice(document);
-            let mut sink = xlsx::XlsxSink::in_memory();
-            let parsed = parse::parse(&mut de, limits, &mut sink)?;
-            let bytes = sink.finish_to_buffer(parsed.title.as_deref())?;
-            Ok((parsed.summary, bytes))
-        }
-        Format::Pdf => {
-            let (pages, title) =
-                layout_pdf(serde_json::Deserializer::from_slice(document), limits)?;
-            let file = pdf_file::PdfFile::in_memory()?;
-            let (summary, out) = draw_pdf(
-                serde_json::Deserializer::from_slice(document),
-                limits,
-                file,
-                pages,
-                title,
-            )?;
-            match out {
-                Some(pdf_file::PdfOut::Memory(bytes)) => Ok((summary, bytes)),
-                _ => Err(RenderError::Internal("in-memory PDF written elsewhere")),
-            }
-        }
+    let deadline = Deadline::after(timeout);
+    match render_src(format, &mut &*document, limits, deadline, Target::Memory)? {
+        (summary, Some(bytes)) => Ok((summary, bytes)),
+        (_, None) => Err(RenderError::Internal("in-memory render written elsewhere")),
     }
 }
 
-fn render_xlsx<'de, R: serde_json::de::Read<'de>>(
-    mut de: serde_json::Deserializer<R>,
+/// Where a render writes.
+#[derive(Clone, Copy)]
+enum Target<'p> {
+    File(&'p Path),
+    Memory,
+}
+
+/// A document that can be read from the start again, once per pass.
+trait Source<'de> {
+    type Read: serde_json::de::Read<'de>;
+    fn open(&mut self) -> Result<serde_json::Deserializer<Self::Read>, RenderError>;
+}
+
+impl<'de> Source<'de> for &'de [u8] {
+    type Read = serde_json::de::SliceRead<'de>;
+    fn open(&mut self) -> Result<serde_json::Deserializer<Self::Read>, RenderError> {
+        Ok(serde_json::Deserializer::from_slice(self))
+    }
+}
+
+/// The spooled copy of a streamed document.
+struct Spool(std::fs::File);
+
+impl Source<'_> for Spool {
+    type Read = serde_json::de::IoRead<BufReader<std::fs::File>>;
+    fn open(&mut self) -> Result<serde_json::Deserializer<Self::Read>, RenderError> {
+        let mut file = self.0.try_clone()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(serde_json::Deserializer::from_reader(
+            BufReader::with_capacity(1 << 16, file),
+        ))
+    }
+}
+
+/// Runs `attempt` over the document; if its keys are out of order, reads its
+/// heads in a first pass (kept in `heads` for later passes) and runs it again.
+fn with_heads<'de, S: Source<'de>, T>(
+    src: &mut S,
+    pass: &Pass<'_>,
+    heads: &mut Option<Heads>,
+    mut attempt: impl FnMut(serde_json::Deserializer<S::Read>, &Pass<'_>) -> Result<T, Stop>,
+) -> Result<T, RenderError> {
+    if heads.is_none() {
+        match attempt(src.open()?, pass) {
+            Ok(value) => return Ok(value),
+            Err(Stop::Failed(e)) => return Err(e),
+            Err(Stop::NeedsHeads) => {}
+        }
+        *heads = Some(parse::read_heads(&mut src.open()?, pass)?);
+    }
+    let known = Pass {
+        heads: heads.as_ref(),
+        ..*pass
+    };
+    match attempt(src.open()?, &known) {
+        Ok(value) => Ok(value),
+        Err(Stop::Failed(e)) => Err(e),
+        Err(Stop::NeedsHeads) => Err(RenderError::Internal(
+            "keys out of order after the first pass",
+        )),
+    }
+}
+
+fn render_src<'de, S: Source<'de>>(
+    format: Format,
+    src: &mut S,
     limits: &Limits,
-    out: &Path,
-) -> Result<Summary, RenderError> {
-    let mut sink = xlsx::XlsxSink::new();
-    let parsed = parse::parse(&mut de, limits, &mut sink)?;
-    sink.finish(parsed.title.as_deref(), out)?;
-    Ok(parsed.summary)
-}
-
-/// The PDF's first pass: validates and lays out, returning the page count
-/// and title the second pass needs.
-fn layout_pdf<'de, R: serde_json::de::Read<'de>>(
-    mut de: serde_json::Deserializer<R>,
-    limits: &Limits,
-) -> Result<(usize, Option<String>), RenderError> {
-    let mut layout = pdf::PdfSink::layout_only()?;
-    let parsed = parse::parse(&mut de, limits, &mut layout)?;
-    Ok((layout.page_count(), parsed.title))
-}
-
-fn draw_pdf<'de, R: serde_json::de::Read<'de>>(
-    mut de: serde_json::Deserializer<R>,
-    limits: &Limits,
-    file: pdf_file::PdfFile,
-    pages: usize,
-    title: Option<String>,
-) -> Result<(Summary, Option<pdf_file::PdfOut>), RenderError> {
-    let mut sink = pdf::PdfSink::drawing(file, pages, title.as_deref())?;
-    let drawn = parse::parse(&mut de, limits, &mut sink)?;
-    let out = sink.finish()?;
-    Ok((drawn.summary, out))
-}
-
-/// Copies what it reads into `copy`, so the PDF renderer can read a stream twice.
-struct Tee<R, W> {
-    inner: R,
-    copy: W,
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
+    deadline: Option<Deadline>,
+    target: Target<'_>,
+) -> Result<(Summary, Option<Vec<u8>>), RenderError> {
+    let mut heads = None;
+    match format {
+        Format::Xlsx => {
+            let pass = Pass::new(limits, deadline, false);
+            let (parsed, sink) = with_heads(src, &pass, &mut heads, |mut de, pass| {
+                let mut sink = match target {
+                    Target::File(_) => xlsx::XlsxSink::new(),
+                    Target::Memory => xlsx::XlsxSink::in_memory(),
+                };
+                let parsed = parse::parse(&mut de, pass, &mut sink)?;
+                Ok((parsed, sink))
+            })?;
+            let title = parsed.title.as_deref();
+            match target {
+                Target::File(out) => {
+                    sink.finish(title, out)?;
+                    Ok((parsed.summary, None))
+                }
+                Target::Memory => Ok((parsed.summary, Some(sink.finish_to_buffer(title)?))),
+            }
+        }
+        Format::Pdf => {
+            // Pass one lays out to count pages; pass two draws.
+            let pass = Pass::new(limits, deadline, true);
+            let (pages, title) = with_heads(src, &pass, &mut heads, |mut de, pass| {
+                let mut layout = pdf::PdfSink::layout_only()?;
+                let parsed = parse::parse(&mut de, pass, &mut layout)?;
+                Ok((layout.page_count(), parsed.title))
+            })?;
+            let file = match target {
+                Target::File(out) => pdf_file::PdfFile::create(out)?,
+                Target::Memory => pdf_file::PdfFile::in_memory()?,
+            };
+            let mut file = Some(file);
+            let (summary, out) = with_heads(src, &pass, &mut heads, |mut de, pass| {
+                let file = file
+                    .take()
+                    .ok_or(RenderError::Internal("PDF drawn twice"))?;
+                let mut sink = pdf::PdfSink::drawing(file, pages, title.as_deref())?;
+                let drawn = parse::parse(&mut de, pass, &mut sink)?;
+                Ok((drawn.summary, sink.finish()?))
+            })?;
+            match (target, out) {
+                (Target::File(_), _) => Ok((summary, None)),
+                (Target::Memory, Some(pdf_file::PdfOut::Memory(bytes))) => {
+                    Ok((summary, Some(bytes)))
+                }
+                (Target::Memory, _) => {
+                    Err(RenderError::Internal("in-memory PDF written elsewhere"))
+                }
+            }
+        }
     }
 }

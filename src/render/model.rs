@@ -73,19 +73,23 @@ impl Column {
     /// format if there is one, else 2 for numbers and percents, 0 for integers.
     pub fn decimals(&self) -> usize {
         if let Some(format) = &self.format {
-            let section = format.split(';').next().unwrap_or("");
-            return match section.find('.') {
-                Some(dot) => section[dot + 1..]
-                    .chars()
-                    .take_while(|c| *c == '0' || *c == '#')
-                    .count(),
-                None => 0,
-            };
+            return decimals_of(format.split(';').next().unwrap_or(""));
         }
         match self.kind {
             ColumnType::Integer => 0,
             _ => 2,
         }
+    }
+}
+
+/// Decimals a format section prints: the zeros and `#` after its point.
+pub(crate) fn decimals_of(section: &str) -> usize {
+    match section.find('.') {
+        Some(dot) => section[dot + 1..]
+            .chars()
+            .take_while(|c| *c == '0' || *c == '#')
+            .count(),
+        None => 0,
     }
 }
 

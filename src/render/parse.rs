@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -23,8 +24,107 @@ use super::{Limits, RenderError, Summary, ValidationError};
 pub const EXCEL_MAX_DATA_ROWS: u64 = 1_048_575;
 /// The most columns a worksheet holds.
 pub const EXCEL_MAX_COLUMNS: usize = 16_384;
-/// Longest sheet name Excel accepts.
+/// Longest sheet name Excel accepts, in UTF-16 code units (Excel's count: a
+/// character outside the Basic Multilingual Plane, such as an emoji, is 2).
 pub const MAX_SHEET_NAME_CHARS: usize = 31;
+/// Longest text a worksheet cell (or column title) holds, in UTF-16 code
+/// units; applies whatever `Limits::max_cell_chars` says.
+pub const EXCEL_MAX_CELL_CHARS: usize = 32_767;
+/// Longest Excel number format, in UTF-16 code units.
+pub const MAX_FORMAT_CHARS: usize = 255;
+/// Most decimal places a number format may ask for: Excel's own limit, and
+/// what keeps a PDF cell of `1e308` to a few hundred characters.
+pub const MAX_FORMAT_DECIMALS: usize = 30;
+/// Rows parsed between two looks at the render deadline.
+const DEADLINE_EVERY_ROWS: u64 = 256;
+
+/// Length of `s` as Excel counts it: UTF-16 code units.
+pub(crate) fn utf16_len(s: &str) -> usize {
+    s.encode_utf16().count()
+}
+
+/// Whether `s` is longer than `max` UTF-16 code units; skips the count when
+/// the byte length already proves it short (a UTF-16 unit never takes fewer
+/// UTF-8 bytes than one).
+fn over_utf16(s: &str, max: usize) -> Option<usize> {
+    if s.len() <= max {
+        return None;
+    }
+    let units = utf16_len(s);
+    (units > max).then_some(units)
+}
+
+/// When a render must give up, and the timeout it came from (for the error).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    pub at: Instant,
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// A deadline `timeout` from now; `None` without a timeout.
+    pub fn after(timeout: Option<Duration>) -> Option<Deadline> {
+        timeout.map(|timeout| Deadline {
+            at: Instant::now() + timeout,
+            timeout,
+        })
+    }
+}
+
+/// How one pass of [`parse`] runs.
+#[derive(Clone, Copy)]
+pub(crate) struct Pass<'a> {
+    pub limits: &'a Limits,
+    pub deadline: Option<Deadline>,
+    /// Whether the sink uses `locale` and `pdf` (the PDF does; validation and
+    /// XLSX do not, so for them those keys may come anywhere at no cost).
+    pub needs_settings: bool,
+    /// What a first pass ([`read_heads`]) learnt of a document whose keys are
+    /// out of order; `None` on the first try.
+    pub heads: Option<&'a Heads>,
+}
+
+impl<'a> Pass<'a> {
+    /// A first try: no heads known yet.
+    pub fn new(limits: &'a Limits, deadline: Option<Deadline>, needs_settings: bool) -> Self {
+        Pass {
+            limits,
+            deadline,
+            needs_settings,
+            heads: None,
+        }
+    }
+}
+
+/// Why [`parse`] stopped without a result.
+pub(crate) enum Stop {
+    /// The document is invalid or the sink failed.
+    Failed(RenderError),
+    /// The document's keys are out of order (`rows` before `columns` or
+    /// `name`, or `sheets` before `locale`/`pdf` for a sink that needs them):
+    /// run [`read_heads`] and parse again with its result.
+    NeedsHeads,
+}
+
+impl From<RenderError> for Stop {
+    fn from(e: RenderError) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// What must be known before rows stream: the document's settings and each
+/// sheet's name and columns, read by a first pass that skips every row.
+#[derive(Default)]
+pub(crate) struct Heads {
+    settings: DocSettings,
+    sheets: Vec<SheetPre>,
+}
+
+/// One sheet's part of [`Heads`].
+struct SheetPre {
+    name: Option<String>,
+    head: SheetHead,
+}
 
 /// Where parsed rows go. Called in document order: `begin_sheet`, every
 /// `row`, `end_sheet`, for each sheet.
@@ -64,37 +164,44 @@ pub(crate) struct Parsed {
 /// Reads a whole document from `de`, feeding `sink`.
 pub(crate) fn parse<'de, R: serde_json::de::Read<'de>>(
     de: &mut serde_json::Deserializer<R>,
-    limits: &Limits,
+    pass: &Pass<'_>,
     sink: &mut dyn Sink,
-) -> Result<Parsed, RenderError> {
-    let mut ctx = Ctx {
-        limits,
-        sink,
-        abort: None,
-        settings: DocSettings::default(),
-        sheets_started: false,
-        sheet_names: HashSet::new(),
-        summary: Summary { sheets: 0, rows: 0 },
-        loc: Loc::default(),
-    };
-    let result = DocSeed(&mut ctx)
-        .deserialize(&mut *de)
-        .and_then(|()| de.end());
+) -> Result<Parsed, Stop> {
+    let mut ctx = Ctx::new(pass, sink, false);
+    let result = run(&mut ctx, de);
     match result {
         Ok(()) => Ok(Parsed {
             summary: ctx.summary,
             title: ctx.settings.title,
         }),
-        Err(e) => Err(match ctx.abort.take() {
-            Some(abort) => abort,
-            // Reading the payload failed: not the document's fault, retryable.
-            None if e.is_io() => RenderError::Io(e.into()),
-            None => RenderError::Invalid(ValidationError {
-                path: ctx.loc.path(),
-                message: e.to_string(),
-            }),
-        }),
+        Err(_) if ctx.needs_heads => Err(Stop::NeedsHeads),
+        Err(e) => Err(Stop::Failed(ctx.failure(e))),
     }
+}
+
+/// The first pass for a document whose keys are out of order: validates the
+/// settings and every sheet's name and columns, skipping rows, so that the
+/// next [`parse`] knows them before the rows arrive.
+pub(crate) fn read_heads<'de, R: serde_json::de::Read<'de>>(
+    de: &mut serde_json::Deserializer<R>,
+    pass: &Pass<'_>,
+) -> Result<Heads, RenderError> {
+    let mut sink = NullSink;
+    let mut ctx = Ctx::new(pass, &mut sink, true);
+    match run(&mut ctx, de) {
+        Ok(()) => Ok(Heads {
+            settings: ctx.settings,
+            sheets: ctx.collected,
+        }),
+        Err(e) => Err(ctx.failure(e)),
+    }
+}
+
+fn run<'de, R: serde_json::de::Read<'de>>(
+    ctx: &mut Ctx<'_>,
+    de: &mut serde_json::Deserializer<R>,
+) -> Result<(), serde_json::Error> {
+    DocSeed(ctx).deserialize(&mut *de).and_then(|()| de.end())
 }
 
 /// The innermost place the parser was at, for errors serde itself raises
@@ -120,6 +227,14 @@ impl Loc {
 struct Ctx<'a> {
     limits: &'a Limits,
     sink: &'a mut dyn Sink,
+    deadline: Option<Deadline>,
+    needs_settings: bool,
+    heads: Option<&'a Heads>,
+    /// The first pass of an out-of-order document: collect heads, skip rows.
+    heads_only: bool,
+    collected: Vec<SheetPre>,
+    /// Set when the keys are out of order and no heads are known yet.
+    needs_heads: bool,
     /// The real reason parsing stopped; serde only carries a placeholder.
     abort: Option<RenderError>,
     settings: DocSettings,
@@ -130,7 +245,89 @@ struct Ctx<'a> {
     loc: Loc,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(pass: &Pass<'a>, sink: &'a mut dyn Sink, heads_only: bool) -> Self {
+        Ctx {
+            limits: pass.limits,
+            sink,
+            deadline: pass.deadline,
+            needs_settings: pass.needs_settings,
+            heads: pass.heads,
+            heads_only,
+            collected: Vec::new(),
+            needs_heads: false,
+            abort: None,
+            settings: DocSettings::default(),
+            sheets_started: false,
+            sheet_names: HashSet::new(),
+            summary: Summary { sheets: 0, rows: 0 },
+            loc: Loc::default(),
+        }
+    }
+
+    /// The error a failed pass reports: the recorded reason, else serde's.
+    fn failure(&mut self, e: serde_json::Error) -> RenderError {
+        match self.abort.take() {
+            Some(abort) => abort,
+            // Reading the payload failed: not the document's fault, retryable.
+            None if e.is_io() => RenderError::Io(e.into()),
+            None => RenderError::Invalid(ValidationError {
+                path: self.loc.path(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Stops the pass so the caller can read the heads first.
+    fn restart<E: de::Error>(&mut self) -> E {
+        self.needs_heads = true;
+        E::custom("keys out of order")
+    }
+
+    /// Fails with [`RenderError::TimedOut`] once the deadline has passed.
+    fn check_deadline<E: de::Error>(&mut self) -> Result<(), E> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d.at => {
+                if self.abort.is_none() {
+                    self.abort = Some(RenderError::TimedOut {
+                        seconds: d.timeout.as_secs_f64(),
+                    });
+                }
+                Err(E::custom("render timed out"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The text limit in UTF-16 units: the configured one, at most Excel's.
+    fn max_text(&self) -> usize {
+        self.limits.max_cell_chars.min(EXCEL_MAX_CELL_CHARS)
+    }
+
+    /// Checks a text against [`Ctx::max_text`], saying which limit it broke.
+    fn check_text<E: de::Error>(
+        &mut self,
+        text: &str,
+        what: &str,
+        path: impl FnOnce() -> String,
+    ) -> Result<(), E> {
+        let max = self.max_text();
+        let Some(units) = over_utf16(text, max) else {
+            return Ok(());
+        };
+        let which = if max < self.limits.max_cell_chars {
+            "the most an Excel cell holds"
+        } else {
+            "max_cell_chars"
+        };
+        Err(self.invalid(
+            path(),
+            format!(
+                "{what} is {units} UTF-16 units, over the limit of {max} ({which}; Excel counts an emoji as 2)"
+            ),
+        ))
+    }
+
     /// Records a validation failure and returns the error that unwinds serde.
     fn invalid<E: de::Error>(&mut self, path: String, message: impl Into<String>) -> E {
         if self.abort.is_none() {
@@ -197,23 +394,18 @@ impl<'de> Visitor<'de> for DocSeed<'_, '_> {
                     let title: String = map
                         .next_value()
                         .map_err(|e| ctx.wrap(|| "title".into(), e))?;
-                    let chars = title.chars().count();
-                    if chars > ctx.limits.max_cell_chars {
-                        return Err(ctx.invalid(
-                            "title".into(),
-                            format!(
-                                "title is {chars} characters, over the limit of {} (max_cell_chars)",
-                                ctx.limits.max_cell_chars
-                            ),
-                        ));
-                    }
+                    ctx.check_text(&title, "title", || "title".into())?;
                     ctx.settings.title = Some(title);
                 }
-                "locale" | "pdf" if ctx.sheets_started => {
-                    return Err(ctx.invalid(
-                        key,
-                        "must come before \"sheets\" (renderers need it before the first row)",
-                    ));
+                // Late settings: validation and XLSX ignore them, the PDF
+                // needs them before its first row, so it reads them first.
+                "locale" | "pdf"
+                    if ctx.sheets_started
+                        && ctx.needs_settings
+                        && ctx.heads.is_none()
+                        && !ctx.heads_only =>
+                {
+                    return Err(ctx.restart());
                 }
                 "locale" => {
                     let tag: String = map
@@ -237,6 +429,10 @@ impl<'de> Visitor<'de> for DocSeed<'_, '_> {
                 }
                 "sheets" => {
                     ctx.sheets_started = true;
+                    if let Some(heads) = ctx.heads {
+                        ctx.settings.locale = heads.settings.locale;
+                        ctx.settings.pdf = heads.settings.pdf;
+                    }
                     map.next_value_seed(SheetsSeed(&mut *ctx))?;
                 }
                 _ => {
@@ -289,16 +485,16 @@ impl<'de> Visitor<'de> for SheetsSeed<'_, '_> {
     }
 }
 
-/// Excel's rules for worksheet names, checked here so the XLSX writer never
-/// refuses a validated document.
+/// Excel's rules for worksheet names (those rust_xlsxwriter's `set_name`
+/// enforces, plus "History"), checked here so the XLSX writer never refuses a
+/// validated document.
 fn check_sheet_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("sheet name is empty".into());
     }
-    let chars = name.chars().count();
-    if chars > MAX_SHEET_NAME_CHARS {
+    if let Some(units) = over_utf16(name, MAX_SHEET_NAME_CHARS) {
         return Err(format!(
-            "sheet name {} is {chars} characters, Excel allows at most {MAX_SHEET_NAME_CHARS}",
+            "sheet name {} is {units} UTF-16 units, Excel allows at most {MAX_SHEET_NAME_CHARS} (it counts an emoji as 2)",
             quote(name)
         ));
     }
@@ -321,6 +517,7 @@ fn check_sheet_name(name: &str) -> Result<(), String> {
 }
 
 /// The parts of a sheet known before its rows.
+#[derive(Clone)]
 struct SheetHead {
     index: usize,
     columns: Vec<Column>,
@@ -342,6 +539,7 @@ impl<'de> DeserializeSeed<'de> for SheetSeed<'_, '_> {
                 format!("more than {max} sheets, over the limit of {max} (max_sheets)"),
             ));
         }
+        self.ctx.check_deadline()?;
         self.ctx.loc = Loc {
             sheet: Some(self.index),
             ..Loc::default()
@@ -369,13 +567,14 @@ impl<'de> Visitor<'de> for SheetSeed<'_, '_> {
                 return Err(ctx.invalid(format!("sheets[{i}].{key}"), "duplicate field"));
             }
             match key.as_str() {
+                // After the rows with heads known: the first pass read (and
+                // checked) them, and the rows already used them.
+                "name" | "columns" if rows.is_some() && ctx.heads.is_some() => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                // The sheet began under a default name: start again knowing it.
+                "name" if rows.is_some() => return Err(ctx.restart()),
                 "name" => {
-                    if rows.is_some() {
-                        return Err(ctx.invalid(
-                            format!("sheets[{i}].name"),
-                            "must come before \"rows\" (the sheet is created when its rows start)",
-                        ));
-                    }
                     let value: String = map
                         .next_value()
                         .map_err(|e| ctx.wrap(|| format!("sheets[{i}].name"), e))?;
@@ -392,12 +591,26 @@ impl<'de> Visitor<'de> for SheetSeed<'_, '_> {
                     head = Some(check_columns(ctx, i, raw)?);
                     ctx.loc.field = None;
                 }
+                "rows" if ctx.heads_only => {
+                    map.next_value::<IgnoredAny>()?;
+                }
                 "rows" => {
+                    if head.is_none() || name.is_none() {
+                        match ctx.heads.and_then(|h| h.sheets.get(i)) {
+                            Some(pre) => {
+                                head = head.or_else(|| Some(pre.head.clone()));
+                                name = name.or_else(|| pre.name.clone());
+                            }
+                            // Only the columns are missing so far: they may
+                            // still come (or the sheet has none: an error).
+                            None if head.is_none() => return Err(ctx.restart()),
+                            None => {}
+                        }
+                    }
                     let Some(head) = head.as_ref() else {
-                        return Err(ctx.invalid(
-                            format!("sheets[{i}].rows"),
-                            "\"columns\" must come before \"rows\" (rows are streamed, not buffered)",
-                        ));
+                        return Err(
+                            ctx.invalid(format!("sheets[{i}]"), "missing field \"columns\"")
+                        );
                     };
                     begin_sheet(ctx, i, name.as_deref(), head)?;
                     ctx.loc.field = Some("rows");
@@ -433,6 +646,10 @@ impl<'de> Visitor<'de> for SheetSeed<'_, '_> {
         let Some(head) = head else {
             return Err(ctx.invalid(format!("sheets[{i}]"), "missing field \"columns\""));
         };
+        if ctx.heads_only {
+            ctx.collected.push(SheetPre { name, head });
+            return Ok(());
+        }
         let (count, accumulators) = match rows {
             Some(done) => done,
             None => {
@@ -509,15 +726,7 @@ fn check_columns<E: de::Error>(
         if col.title.trim().is_empty() {
             return Err(ctx.invalid(format!("{path}.title"), "column title is empty"));
         }
-        if col.title.chars().count() > ctx.limits.max_cell_chars {
-            return Err(ctx.invalid(
-                format!("{path}.title"),
-                format!(
-                    "column title is over the limit of {} characters (max_cell_chars)",
-                    ctx.limits.max_cell_chars
-                ),
-            ));
-        }
+        ctx.check_text(&col.title, "column title", || format!("{path}.title"))?;
         if titles.insert(col.title.clone(), c).is_some() {
             return Err(ctx.invalid(
                 format!("{path}.title"),
@@ -537,23 +746,20 @@ fn check_columns<E: de::Error>(
                 ),
             ));
         };
+        // Checked as the renderers use it: an f32 (the PDF) that must stay
+        // positive, so `1e-300` does not become a zero-width column.
         if let Some(width) = col.width
-            && !(width > 0.0 && width <= 255.0)
+            && !(width <= 255.0 && (width as f32).is_finite() && width as f32 > 0.0)
         {
             return Err(ctx.invalid(
                 format!("{path}.width"),
                 format!(
-                    "width {width} is out of range, expected more than 0 and at most 255 characters"
+                    "width {width:?} is out of range, expected more than 0 and at most 255 characters"
                 ),
             ));
         }
-        if let Some(format) = &col.format
-            && (format.trim().is_empty() || format.chars().count() > 255)
-        {
-            return Err(ctx.invalid(
-                format!("{path}.format"),
-                "format must be a non-empty Excel number format of at most 255 characters",
-            ));
+        if let Some(format) = &col.format {
+            check_format(format).map_err(|m| ctx.invalid::<E>(format!("{path}.format"), m))?;
         }
         columns.push(Column {
             title: col.title,
@@ -567,6 +773,28 @@ fn check_columns<E: de::Error>(
         columns,
         titles,
     })
+}
+
+/// Excel's limits on a number format, and ours on what it may print.
+fn check_format(format: &str) -> Result<(), String> {
+    if format.trim().is_empty() {
+        return Err("format is empty, expected an Excel number format such as #,##0.00".into());
+    }
+    if let Some(units) = over_utf16(format, MAX_FORMAT_CHARS) {
+        return Err(format!(
+            "format is {units} UTF-16 units, Excel allows at most {MAX_FORMAT_CHARS}"
+        ));
+    }
+    for section in format.split(';') {
+        let decimals = super::model::decimals_of(section);
+        if decimals > MAX_FORMAT_DECIMALS {
+            return Err(format!(
+                "format {} asks for {decimals} decimal places, Excel allows at most {MAX_FORMAT_DECIMALS}",
+                quote(format)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_totals<E: de::Error>(
@@ -696,6 +924,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_, '_, '_, '_> {
         let (ctx, state) = (self.ctx, self.state);
         let max = (ctx.limits.max_rows as u64).min(EXCEL_MAX_DATA_ROWS);
         loop {
+            if state.count % DEADLINE_EVERY_ROWS == 0 {
+                ctx.check_deadline()?;
+            }
             ctx.loc.row = Some(state.count);
             let more = seq.next_element_seed(RowSeed {
                 ctx: &mut *ctx,
@@ -989,17 +1220,8 @@ impl<'de> Visitor<'de> for CellSeed<'_, '_, '_> {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Cell, E> {
         match self.column.kind {
             ColumnType::Text => {
-                let max = self.ctx.limits.max_cell_chars;
-                if v.len() > max {
-                    let chars = v.chars().count();
-                    if chars > max {
-                        let path = (self.path)();
-                        return Err(self.ctx.invalid(
-                            path,
-                            format!("text is {chars} characters, over the limit of {max} (max_cell_chars)"),
-                        ));
-                    }
-                }
+                let path = self.path;
+                self.ctx.check_text(v, "text", path)?;
                 Ok(Cell::Text(v.to_owned()))
             }
             ColumnType::Date => match NaiveDate::parse_from_str(v, "%Y-%m-%d") {

@@ -417,43 +417,58 @@ fn grey_color(level: f32) -> Color {
 
 /// Breaks `text` into at most `max_lines` lines no wider than `width`
 /// points, at spaces where possible, and ends a cut text with an ellipsis.
+/// Linear in the text: widths are running sums of glyph advances, never a
+/// line measured again.
 pub(crate) fn wrap(metrics: &Metrics, text: &str, width: f32, max_lines: usize) -> Vec<String> {
+    let fits = |units: u32| metrics.points(units, FONT_SIZE) <= width;
+    let space = metrics.units(' ');
     let mut lines: Vec<String> = Vec::new();
     // Stops as soon as a line past the limit appears: that proves a cut.
     let full = |lines: &Vec<String>| lines.len() > max_lines;
     'paragraphs: for paragraph in text.split('\n') {
         let mut line = String::new();
+        let mut line_units = 0u32;
         for word in paragraph.split(' ') {
             let word: String = word
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
-            let candidate = if line.is_empty() {
-                word.clone()
+            let word_units: u32 = word.chars().map(|c| metrics.units(c)).sum();
+            let candidate_units = if line.is_empty() {
+                word_units
             } else {
-                format!("{line} {word}")
+                line_units + space + word_units
             };
-            if metrics.width(&candidate, FONT_SIZE) <= width {
-                line = candidate;
+            if fits(candidate_units) {
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(&word);
+                line_units = candidate_units;
                 continue;
             }
             if !line.is_empty() {
                 lines.push(std::mem::take(&mut line));
+                line_units = 0;
                 if full(&lines) {
                     break 'paragraphs;
                 }
             }
             // The word alone: break it by characters if it is still too wide.
+            let mut line_chars = 0usize;
             for ch in word.chars() {
-                line.push(ch);
-                if line.chars().count() > 1 && metrics.width(&line, FONT_SIZE) > width {
-                    line.pop();
+                let ch_units = metrics.units(ch);
+                if line_chars >= 1 && !fits(line_units + ch_units) {
                     lines.push(std::mem::take(&mut line));
                     if full(&lines) {
                         break 'paragraphs;
                     }
-                    line.push(ch);
+                    line_units = 0;
+                    line_chars = 0;
                 }
+                line.push(ch);
+                line_units += ch_units;
+                line_chars += 1;
             }
         }
         lines.push(line);
@@ -470,12 +485,21 @@ pub(crate) fn wrap(metrics: &Metrics, text: &str, width: f32, max_lines: usize) 
     lines
 }
 
-/// Cuts `text` so that it plus "…" fits in `width` points.
+/// Cuts `text` so that it plus "…" fits in `width` points: one walk over the
+/// characters, keeping the longest prefix that fits.
 pub(crate) fn ellipsize(metrics: &Metrics, text: &str, width: f32) -> String {
-    let mut out: String = text.trim_end().to_string();
-    while !out.is_empty() && metrics.width(&format!("{out}{ELLIPSIS}"), FONT_SIZE) > width {
-        out.pop();
+    let text = text.trim_end();
+    let mut units: u32 = ELLIPSIS.chars().map(|c| metrics.units(c)).sum();
+    let mut end = 0;
+    for (i, c) in text.char_indices() {
+        units += metrics.units(c);
+        if metrics.points(units, FONT_SIZE) > width {
+            break;
+        }
+        end = i + c.len_utf8();
     }
+    let mut out = String::with_capacity(end + ELLIPSIS.len());
+    out.push_str(&text[..end]);
     out.push_str(ELLIPSIS);
     out
 }
@@ -659,5 +683,37 @@ mod tests {
         assert!(lines.iter().all(|l| metrics.width(l, FONT_SIZE) <= width));
         let cut = ellipsize(&metrics, "1.234.567.890,00", 20.0);
         assert!(cut.ends_with(ELLIPSIS) && metrics.width(&cut, FONT_SIZE) <= 20.0);
+    }
+
+    #[test]
+    fn ellipsize_keeps_the_longest_prefix_that_fits() {
+        let metrics = Metrics::load().unwrap();
+        let text = "Açaí 1.234.567,89 😀 WWW iii";
+        for width in [0.0, 5.0, 12.0, 30.0, 55.0, 80.0] {
+            let cut = ellipsize(&metrics, text, width);
+            let kept = cut.strip_suffix(ELLIPSIS).unwrap();
+            assert!(text.starts_with(kept));
+            if !kept.is_empty() {
+                assert!(metrics.width(&cut, FONT_SIZE) <= width, "{cut} in {width}");
+            }
+            // One character more would not fit.
+            if let Some(next) = text[kept.len()..].chars().next() {
+                let longer = format!("{kept}{next}{ELLIPSIS}");
+                assert!(
+                    metrics.width(&longer, FONT_SIZE) > width,
+                    "{longer} in {width}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_width_characters_wrap_in_linear_time() {
+        // Combining marks have no advance: a line of them never fills, and
+        // measuring it again per character would take ~10^9 steps here.
+        let metrics = Metrics::load().unwrap();
+        let marks = "\u{301}".repeat(200_000);
+        let lines = wrap(&metrics, &marks, 10.0, 3);
+        assert_eq!(lines.concat().chars().count(), 200_000);
     }
 }

@@ -221,3 +221,19 @@ async fn big_documents_never_hold_every_renderer() {
     }
     worker.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_render_past_its_deadline_fails_the_job_for_good() {
+    let app = spawn_app_with(Options {
+        vars: vec![("ARTEFATOS_RENDER_TIMEOUT", "1ms".into())],
+        ..Default::default()
+    })
+    .await;
+    let worker = start_worker(&app.config).await;
+    let job = post_job(&app, "xlsx", Some(big_body(20_000))).await;
+    let status = app.wait_for_status(&job, "failed", DEADLINE).await;
+    assert_eq!(status["error"]["code"], "render_timeout", "{status}");
+    assert_eq!(status["attempts"], 1, "never retried: {status}");
+    assert!(wait_for_dlq(&app.config, 1, DEADLINE).await);
+    worker.shutdown().await;
+}
