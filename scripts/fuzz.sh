@@ -27,5 +27,9 @@ mkdir -p "$work"
 # No sanitizer: the renderer is safe Rust, and without ASan the build is
 # quicker and the run several times faster; panics, timeouts and memory are
 # still caught by libFuzzer.
-cargo fuzz run --sanitizer none render "$work" fuzz/corpus/render -- \
+# Its build (instrumented, release) lives apart from the project's own, so
+# neither invalidates the other; FUZZ_TARGET_DIR moves it (CI keeps it
+# outside the clone, to build it once per machine).
+cargo fuzz run --sanitizer none --target-dir "${FUZZ_TARGET_DIR:-fuzz/target}" \
+  render "$work" fuzz/corpus/render -- \
   -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 -max_len=65536
