@@ -40,6 +40,10 @@ pub struct S3Config {
     pub endpoint: Option<String>,
     pub bucket: String,
     pub region: String,
+    /// Endpoint written into presigned URLs (`ARTEFATOS_PUBLIC_S3_ENDPOINT`)
+    /// when clients reach the store under another address than the service
+    /// does (an in-cluster `S3_ENDPOINT`); `None`: the URLs name `endpoint`.
+    pub public_endpoint: Option<String>,
     /// Static credentials; when absent the AWS default provider chain is used
     /// (instance profile, IRSA, shared config).
     pub access_key_id: Option<String>,
@@ -129,8 +133,14 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Lifetime of presigned download URLs.
     pub presign_ttl: Duration,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes, as sent (compressed when the
+    /// request has a `Content-Encoding`).
     pub max_body_bytes: usize,
+    /// Largest accepted request body once decompressed
+    /// (`ARTEFATOS_MAX_DOCUMENT_BYTES`): a compressed body is refused with
+    /// 413 as soon as its inflated bytes pass it, so a decompression bomb
+    /// costs at most this much memory.
+    pub max_document_bytes: usize,
     /// Document limits checked before a job is accepted.
     pub limits: Limits,
     /// Request bodies larger than this (or of unknown length) are "large":
@@ -176,6 +186,7 @@ impl Config {
         let storage = match get("S3_BUCKET") {
             Some(bucket) => StorageConfig::S3(S3Config {
                 endpoint: get("S3_ENDPOINT"),
+                public_endpoint: get("ARTEFATOS_PUBLIC_S3_ENDPOINT"),
                 bucket,
                 region: or("AWS_REGION", "us-east-1"),
                 access_key_id: get("AWS_ACCESS_KEY_ID"),
@@ -254,6 +265,7 @@ impl Config {
             storage,
             presign_ttl: duration(vars, "ARTEFATOS_PRESIGN_TTL", secs(15 * 60))?,
             max_body_bytes: parse(vars, "ARTEFATOS_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
+            max_document_bytes: parse(vars, "ARTEFATOS_MAX_DOCUMENT_BYTES", 512 * 1024 * 1024)?,
             limits,
             large_body_bytes: parse(vars, "ARTEFATOS_LARGE_BODY_BYTES", 1024 * 1024)?,
             max_large_bodies_in_flight: parse(vars, "ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT", 4)?,

@@ -36,6 +36,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct S3Blobs {
     client: Client,
+    /// The client presigned URLs are made with: `client` itself, or one for
+    /// the public endpoint (`ARTEFATOS_PUBLIC_S3_ENDPOINT`) with the same
+    /// credentials, so a URL names the host clients can reach while the
+    /// service keeps talking to its internal endpoint. Presigning makes no
+    /// request, so this client never connects anywhere.
+    presigner: Client,
     bucket: Arc<str>,
     region: Arc<str>,
     limits: MultipartLimits,
@@ -88,8 +94,19 @@ impl S3Blobs {
         let s3_config = aws_sdk_s3::config::Builder::from(&sdk_config)
             .force_path_style(config.endpoint.is_some())
             .build();
+        let client = Client::from_conf(s3_config);
+        let presigner = match &config.public_endpoint {
+            Some(public) => Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk_config)
+                    .endpoint_url(public)
+                    .force_path_style(true)
+                    .build(),
+            ),
+            None => client.clone(),
+        };
         Ok(Self {
-            client: Client::from_conf(s3_config),
+            client,
+            presigner,
             bucket: config.bucket.as_str().into(),
             region: config.region.as_str().into(),
             limits,
@@ -169,7 +186,7 @@ impl S3Blobs {
             .build()
             .map_err(|err| BlobError::Config(format!("presign TTL {ttl:?}: {err}")))?;
         let request = self
-            .client
+            .presigner
             .get_object()
             .bucket(&*self.bucket)
             .key(key)
