@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
+use super::cloudfront::CloudFrontSigner;
 use super::upload::{self, MultipartLimits};
 use super::{ArtifactMeta, BlobBody, BlobError, PresignedUrl, STREAM_CHUNK, StoredArtifact};
 use crate::config::S3Config;
@@ -42,6 +43,8 @@ pub struct S3Blobs {
     /// service keeps talking to its internal endpoint. Presigning makes no
     /// request, so this client never connects anywhere.
     presigner: Client,
+    /// CloudFront signs the download URLs instead, when configured.
+    cdn: Option<Arc<CloudFrontSigner>>,
     bucket: Arc<str>,
     region: Arc<str>,
     limits: MultipartLimits,
@@ -107,10 +110,17 @@ impl S3Blobs {
         Ok(Self {
             client,
             presigner,
+            cdn: None,
             bucket: config.bucket.as_str().into(),
             region: config.region.as_str().into(),
             limits,
         })
+    }
+
+    /// Download URLs from CloudFront (`ARTEFATOS_DOWNLOAD_BASE_URL`) instead
+    /// of presigned S3 ones.
+    pub(super) fn set_cdn(&mut self, signer: CloudFrontSigner) {
+        self.cdn = Some(Arc::new(signer));
     }
 
     /// The underlying client, for callers that need an operation this type
@@ -180,6 +190,9 @@ impl S3Blobs {
         // SigV4 dates have whole seconds: the URL dies at the truncated start
         // plus the TTL, so `expires_at` must not be computed from a later instant.
         let start = whole_seconds(SystemTime::now());
+        if let Some(cdn) = &self.cdn {
+            return cdn.sign(key, start, ttl);
+        }
         let presigning = PresigningConfig::builder()
             .start_time(start)
             .expires_in(ttl)

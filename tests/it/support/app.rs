@@ -243,6 +243,20 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// `GET /download/{id}` asking for JSON: the URL and its expiry.
+    pub async fn download_json(&self, job_id: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/download/{job_id}", self.address))
+            .bearer_auth(&self.api_key)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("GET /download");
+        assert_eq!(response.status(), 200, "download of {job_id}");
+        response.json().await.expect("download JSON")
+    }
+
     /// The status document of a job.
     pub async fn status(&self, job_id: &str) -> Value {
         let response = self.get(&format!("/status/{job_id}")).await;
