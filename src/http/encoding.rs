@@ -1,4 +1,4 @@
-//! `Content-Encoding` of a `POST /generate` body: `gzip` (or none).
+//! `Content-Encoding` of a `POST /generate` body: `gzip`, `zstd` (or none).
 //!
 //! The body limit (`ARTEFATOS_MAX_BODY_BYTES`) applies to the bytes as sent;
 //! the inflated document has its own limit (`ARTEFATOS_MAX_DOCUMENT_BYTES`),
@@ -13,6 +13,7 @@ use std::io::Read;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, header};
 use flate2::read::MultiGzDecoder;
+use ruzstd::decoding::StreamingDecoder;
 
 use super::AppState;
 use super::error::ApiError;
@@ -20,16 +21,20 @@ use super::generate::LargeBodySlot;
 
 /// Inflated bytes read at a time: the granularity of the limit check.
 const INFLATE_CHUNK: usize = 64 * 1024;
+/// Largest zstd window accepted: RFC 9659's limit for the `zstd` content
+/// coding, so a frame header cannot make the decoder allocate more.
+const ZSTD_MAX_WINDOW: u64 = 8 * 1024 * 1024;
 
 /// The content codings `POST /generate` understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     Identity,
     Gzip,
+    Zstd,
 }
 
 /// The request's coding: none, `identity`, or one `gzip` (`x-gzip` is its
-/// RFC 9110 alias); anything else, or several codings stacked, is 415
+/// RFC 9110 alias) or `zstd` (RFC 9659); anything else, or several codings stacked, is 415
 /// `unsupported_encoding` rather than a body parsed as garbage.
 pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     let mut found = Encoding::Identity;
@@ -41,6 +46,7 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
             match coding.to_ascii_lowercase().as_str() {
                 "identity" => {}
                 "gzip" | "x-gzip" if found == Encoding::Identity => found = Encoding::Gzip,
+                "zstd" if found == Encoding::Identity => found = Encoding::Zstd,
                 _ => return Err(ApiError::UnsupportedEncoding(text.to_string())),
             }
         }
@@ -61,14 +67,14 @@ pub async fn decode(
     match encoding(headers)? {
         Encoding::Identity if body.len() > limit => Err(ApiError::DocumentTooLarge(limit)),
         Encoding::Identity => Ok(body),
-        Encoding::Gzip => {
+        coding @ (Encoding::Gzip | Encoding::Zstd) => {
             let large = state.config.large_body_bytes;
             let slots = (!slot.holds_permit()).then(|| state.large_bodies.clone());
             // Inflating is CPU work proportional to the output: off the
             // async workers, whatever the compressed size.
             let (inflated, permit) = tokio::task::spawn_blocking(move || {
                 let mut permit = None;
-                let inflated = inflate(&body, limit, large, || {
+                let inflated = inflate(coding, &body, limit, large, || {
                     if let Some(slots) = &slots {
                         permit = Some(
                             slots
@@ -89,17 +95,24 @@ pub async fn decode(
     }
 }
 
-/// Inflates a gzip stream (one member or several, concatenated) up to
-/// `limit` bytes: past it, [`ApiError::DocumentTooLarge`] with at most one
+/// Inflates a gzip stream (one member or several, concatenated) or zstd
+/// frames up to `limit` bytes: past it, [`ApiError::DocumentTooLarge`] with at most one
 /// chunk more inflated. `on_large` runs once, when the output first passes
 /// `large` bytes, and may refuse to go on.
 pub fn inflate(
+    coding: Encoding,
     compressed: &[u8],
     limit: usize,
     large: usize,
     mut on_large: impl FnMut() -> Result<(), ApiError>,
 ) -> Result<Vec<u8>, ApiError> {
-    let mut decoder = MultiGzDecoder::new(compressed);
+    let mut decoder: Box<dyn Read + '_> = match coding {
+        Encoding::Zstd => Box::new(ZstdFrames {
+            rest: compressed,
+            frame: None,
+        }),
+        _ => Box::new(MultiGzDecoder::new(compressed)),
+    };
     let mut out: Vec<u8> = Vec::with_capacity(compressed.len().saturating_mul(4).min(large));
     let mut chunk = vec![0u8; INFLATE_CHUNK];
     let mut announced = false;
@@ -110,7 +123,7 @@ pub fn inflate(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(ApiError::InvalidRequest(format!(
-                    "the gzip-encoded body cannot be decompressed: {e}"
+                    "the {coding:?}-encoded body cannot be decompressed: {e}"
                 )));
             }
         };
@@ -129,6 +142,34 @@ pub fn inflate(
             out.reserve_exact(target - out.len());
         }
         out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// zstd frames one after the other, as RFC 8878 allows, read as one stream.
+struct ZstdFrames<'a> {
+    rest: &'a [u8],
+    frame: Option<StreamingDecoder<&'a [u8], ruzstd::decoding::FrameDecoder>>,
+}
+
+impl Read for ZstdFrames<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(frame) = &mut self.frame {
+                let n = frame.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                if let Some(done) = self.frame.take() {
+                    self.rest = done.into_inner();
+                }
+            }
+            if self.rest.is_empty() {
+                return Ok(0);
+            }
+            let frame = StreamingDecoder::new_with_max_window_size(self.rest, ZSTD_MAX_WINDOW)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            self.frame = Some(frame);
+        }
     }
 }
 
@@ -160,11 +201,17 @@ mod tests {
     fn codings_are_gzip_identity_or_refused() {
         assert_eq!(encoding(&headers(&[])).unwrap(), Encoding::Identity);
         assert_eq!(encoding(&headers(&["GZip"])).unwrap(), Encoding::Gzip);
+        assert_eq!(encoding(&headers(&["zstd"])).unwrap(), Encoding::Zstd);
         assert_eq!(
             encoding(&headers(&["identity, x-gzip"])).unwrap(),
             Encoding::Gzip
         );
-        for refused in [&["br"][..], &["gzip, gzip"], &["gzip", "deflate"]] {
+        for refused in [
+            &["br"][..],
+            &["gzip, gzip"],
+            &["gzip", "zstd"],
+            &["deflate"],
+        ] {
             assert_eq!(
                 encoding(&headers(refused)).unwrap_err().code(),
                 "unsupported_encoding"
@@ -176,7 +223,7 @@ mod tests {
     fn a_bomb_stops_one_chunk_past_the_limit() {
         let bomb = gzip(&vec![b' '; 64 * 1024 * 1024]);
         let mut chunks_seen = 0;
-        let err = inflate(&bomb, 1024 * 1024, usize::MAX, || {
+        let err = inflate(Encoding::Gzip, &bomb, 1024 * 1024, usize::MAX, || {
             chunks_seen += 1;
             Ok(())
         })
@@ -191,16 +238,18 @@ mod tests {
         let mut concatenated = gzip(&text);
         concatenated.extend(gzip(b" "));
         let mut announced = 0;
-        let out = inflate(&concatenated, usize::MAX, 100, || {
+        let out = inflate(Encoding::Gzip, &concatenated, usize::MAX, 100, || {
             announced += 1;
             Ok(())
         })
         .unwrap();
         assert_eq!(out.len(), text.len() + 1);
         assert_eq!(announced, 1);
-        let refused = inflate(&concatenated, usize::MAX, 100, || Err(ApiError::Busy));
+        let refused = inflate(Encoding::Gzip, &concatenated, usize::MAX, 100, || {
+            Err(ApiError::Busy)
+        });
         assert!(matches!(refused, Err(ApiError::Busy)));
-        let corrupt = inflate(b"not gzip", usize::MAX, 100, || Ok(()));
+        let corrupt = inflate(Encoding::Gzip, b"not gzip", usize::MAX, 100, || Ok(()));
         assert_eq!(corrupt.unwrap_err().code(), "invalid_request");
     }
 }

@@ -47,7 +47,7 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the request body exceeds the limit of {0} bytes once decompressed")]
     DocumentTooLarge(usize),
-    #[error("unsupported Content-Encoding {0:?}: expected gzip or identity")]
+    #[error("unsupported Content-Encoding {0:?}: expected gzip, zstd or identity")]
     UnsupportedEncoding(String),
     #[error("the job is {} and has no artifact yet", .0.as_str())]
     NotReady(JobStatus),
@@ -192,7 +192,7 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedEncoding(_) => {
                 headers.insert(
                     header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("gzip, identity"),
+                    HeaderValue::from_static("gzip, zstd, identity"),
                 );
             }
             ApiError::RateLimited { retry_after } => {

@@ -20,6 +20,23 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip")
 }
 
+/// `bytes` compressed by the `zstd` command (one frame, with its checksum).
+fn zstd(bytes: &[u8]) -> Vec<u8> {
+    let mut child = std::process::Command::new("zstd")
+        .args(["-q", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("zstd (apt-get install -y zstd)");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("zstd output");
+    writer.join().unwrap().expect("zstd input");
+    assert!(output.status.success());
+    output.stdout
+}
+
 /// `POST /generate` of raw bytes with the given `Content-Encoding`.
 async fn post(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response {
     app.http
@@ -31,6 +48,19 @@ async fn post(app: &TestApp, encoding: &str, body: Vec<u8>) -> reqwest::Response
         .send()
         .await
         .expect("POST /generate")
+}
+
+/// The job a 202 names, and the document its row holds.
+async fn accepted(app: &TestApp, response: reqwest::Response) -> (Value, Value) {
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let id: uuid::Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
+    let stored = sqlx::query_scalar("SELECT payload FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    (job, stored)
 }
 
 /// A valid request whose document has `rows` rows (it compresses well).
@@ -48,14 +78,7 @@ async fn a_gzip_body_makes_the_same_job_as_the_plain_one() {
     let plain = serde_json::to_vec(&body).unwrap();
 
     let response = post(&app, "gzip", gzip(&plain)).await;
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    let id: uuid::Uuid = job["job_id"].as_str().unwrap().parse().unwrap();
-    let stored: Value = sqlx::query_scalar("SELECT payload FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (job, stored) = accepted(&app, response).await;
     assert_eq!(
         stored, body["document"],
         "the job holds the inflated document"
@@ -145,9 +168,12 @@ async fn a_decompression_bomb_is_refused_with_413() {
 async fn unknown_encodings_are_415_unsupported_encoding() {
     let app = spawn_app_with(Options::default()).await;
     let plain = serde_json::to_vec(&generate_body("pdf", "br")).unwrap();
-    for coding in ["br", "zstd", "gzip, gzip"] {
+    for coding in ["br", "deflate", "gzip, gzip"] {
         let response = post(&app, coding, plain.clone()).await;
-        assert_eq!(response.headers()["accept-encoding"], "gzip, identity");
+        assert_eq!(
+            response.headers()["accept-encoding"],
+            "gzip, zstd, identity"
+        );
         let body = problem(response, 415, "unsupported_encoding").await;
         assert!(body["detail"].as_str().unwrap().contains(coding), "{body}");
     }
@@ -207,4 +233,34 @@ async fn a_small_gzip_body_that_inflates_large_needs_a_large_body_slot() {
     assert!(small.len() < 2048);
     assert_eq!(post(&app, "gzip", gzip(&small)).await.status(), 202);
     drop(slow);
+}
+
+#[tokio::test]
+async fn zstd_bodies_are_accepted_within_the_same_limits() {
+    let app = spawn_app_with(Options {
+        vars: vec![("ARTEFATOS_MAX_DOCUMENT_BYTES", "1048576".into())],
+        ..Options::default()
+    })
+    .await;
+    let body = body_with_rows("zstd", 500);
+    // Two frames one after the other, as RFC 8878 allows.
+    let plain = serde_json::to_vec(&body).unwrap();
+    let (first, second) = plain.split_at(plain.len() / 2);
+    let mut compressed = zstd(first);
+    compressed.extend(zstd(second));
+    let response = post(&app, "zstd", compressed).await;
+    let (_, stored) = accepted(&app, response).await;
+    assert_eq!(stored, body["document"]);
+
+    // 1 GiB in 1,024 frames of 1 MiB: refused past the 1 MiB limit.
+    let bomb = zstd(&vec![b' '; 1024 * 1024]).repeat(1024);
+    assert!(bomb.len() < 1024 * 1024, "{}", bomb.len());
+    problem(post(&app, "zstd", bomb).await, 413, "payload_too_large").await;
+    problem(
+        post(&app, "zstd", b"not zstd at all".to_vec()).await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_eq!(app.job_count().await, 1);
 }
