@@ -22,8 +22,14 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// `bytes` compressed by the `zstd` command (one frame, with its checksum).
 fn zstd(bytes: &[u8]) -> Vec<u8> {
+    zstd_with(bytes, &[])
+}
+
+/// `zstd` with extra arguments.
+fn zstd_with(bytes: &[u8], args: &[&str]) -> Vec<u8> {
     let mut child = std::process::Command::new("zstd")
         .args(["-q", "-c"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -256,6 +262,12 @@ async fn zstd_bodies_are_accepted_within_the_same_limits() {
     let bomb = zstd(&vec![b' '; 1024 * 1024]).repeat(1024);
     assert!(bomb.len() < 1024 * 1024, "{}", bomb.len());
     problem(post(&app, "zstd", bomb).await, 413, "payload_too_large").await;
+    // A frame asking for a 128 MiB window (`--long=27`) is refused before
+    // anything is decoded (RFC 9659 allows 8 MiB): a 400, where decoding
+    // would have met the document limit (413).
+    let wide = zstd_with(&vec![b' '; 32 * 1024 * 1024], &["--long=27"]);
+    let body = problem(post(&app, "zstd", wide).await, 400, "invalid_request").await;
+    assert!(body["detail"].as_str().unwrap().contains("indow"), "{body}");
     problem(
         post(&app, "zstd", b"not zstd at all".to_vec()).await,
         400,
