@@ -61,7 +61,9 @@ impl Application {
         db::migrate(&pool).await?;
 
         let cache = Cache::from_config(&config)?;
-        let blobs = Blobs::from_config(&config.storage).await?;
+        let blobs = Blobs::from_config(&config.storage)
+            .await?
+            .with_cdn(config.cdn.as_ref())?;
         if let Err(e) = blobs.ensure_bucket().await {
             tracing::warn!(error = %e, "artifact storage unavailable at start; continuing degraded");
         }

@@ -40,10 +40,47 @@ pub struct S3Config {
     pub endpoint: Option<String>,
     pub bucket: String,
     pub region: String,
+    /// Endpoint written into presigned URLs (`ARTEFATOS_PUBLIC_S3_ENDPOINT`)
+    /// when clients reach the store under another address than the service
+    /// does (an in-cluster `S3_ENDPOINT`); `None`: the URLs name `endpoint`.
+    pub public_endpoint: Option<String>,
     /// Static credentials; when absent the AWS default provider chain is used
     /// (instance profile, IRSA, shared config).
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+}
+
+/// Downloads through CloudFront (`ARTEFATOS_DOWNLOAD_BASE_URL`): `GET
+/// /download` redirects to a CloudFront signed URL (canned policy) under
+/// `base_url` instead of a presigned S3 URL. Needs the S3 backend (the
+/// bucket is the distribution's origin).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CdnConfig {
+    /// `https://dxxxx.cloudfront.net` (or a custom domain), without the key.
+    pub base_url: String,
+    /// The CloudFront public key's id (`ARTEFATOS_CLOUDFRONT_KEY_PAIR_ID`).
+    pub key_pair_id: String,
+    pub private_key: PrivateKeySource,
+}
+
+/// Where the CloudFront signing key (PEM, PKCS#1 or PKCS#8) comes from.
+#[derive(Clone, PartialEq)]
+pub enum PrivateKeySource {
+    /// `ARTEFATOS_CLOUDFRONT_PRIVATE_KEY`: the PEM text itself.
+    Pem(String),
+    /// `ARTEFATOS_CLOUDFRONT_PRIVATE_KEY_FILE`: a file holding it (a mounted
+    /// secret), read once at start-up.
+    File(PathBuf),
+}
+
+/// The key never reaches a log through `{:?}` of the configuration.
+impl std::fmt::Debug for PrivateKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrivateKeySource::Pem(_) => f.write_str("Pem(<redacted>)"),
+            PrivateKeySource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 /// RabbitMQ queue flavour: classic for one node, quorum for a cluster.
@@ -132,8 +169,16 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Lifetime of presigned download URLs.
     pub presign_ttl: Duration,
-    /// Largest accepted request body, in bytes.
+    /// CloudFront signed download URLs instead of presigned S3 ones.
+    pub cdn: Option<CdnConfig>,
+    /// Largest accepted request body, in bytes, as sent (compressed when the
+    /// request has a `Content-Encoding`).
     pub max_body_bytes: usize,
+    /// Largest accepted request body once decompressed
+    /// (`ARTEFATOS_MAX_DOCUMENT_BYTES`): a compressed body is refused with
+    /// 413 as soon as its inflated bytes pass it, so a decompression bomb
+    /// costs at most this much memory.
+    pub max_document_bytes: usize,
     /// Document limits checked before a job is accepted.
     pub limits: Limits,
     /// Request bodies larger than this (or of unknown length) are "large":
@@ -179,6 +224,7 @@ impl Config {
         let storage = match get("S3_BUCKET") {
             Some(bucket) => StorageConfig::S3(S3Config {
                 endpoint: get("S3_ENDPOINT"),
+                public_endpoint: get("ARTEFATOS_PUBLIC_S3_ENDPOINT"),
                 bucket,
                 region: or("AWS_REGION", "us-east-1"),
                 access_key_id: get("AWS_ACCESS_KEY_ID"),
@@ -187,6 +233,48 @@ impl Config {
             None => StorageConfig::Filesystem {
                 dir: PathBuf::from(or("ARTEFATOS_STORAGE_DIR", ".artefatos/artifacts")),
             },
+        };
+
+        let cdn = match get("ARTEFATOS_DOWNLOAD_BASE_URL") {
+            None => None,
+            Some(base_url) => {
+                let invalid = |name: &'static str, reason: &str| ConfigError::Invalid {
+                    name,
+                    value: base_url.clone(),
+                    reason: reason.into(),
+                };
+                if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+                    return Err(invalid(
+                        "ARTEFATOS_DOWNLOAD_BASE_URL",
+                        "expected an absolute http(s) URL",
+                    ));
+                }
+                let private_key = match (
+                    get("ARTEFATOS_CLOUDFRONT_PRIVATE_KEY"),
+                    get("ARTEFATOS_CLOUDFRONT_PRIVATE_KEY_FILE"),
+                ) {
+                    (Some(pem), None) => PrivateKeySource::Pem(pem),
+                    (None, Some(path)) => PrivateKeySource::File(PathBuf::from(path)),
+                    _ => {
+                        return Err(invalid(
+                            "ARTEFATOS_CLOUDFRONT_PRIVATE_KEY",
+                            "set exactly one of ARTEFATOS_CLOUDFRONT_PRIVATE_KEY and \
+                             ARTEFATOS_CLOUDFRONT_PRIVATE_KEY_FILE with ARTEFATOS_DOWNLOAD_BASE_URL",
+                        ));
+                    }
+                };
+                let key_pair_id = get("ARTEFATOS_CLOUDFRONT_KEY_PAIR_ID").ok_or_else(|| {
+                    invalid(
+                        "ARTEFATOS_CLOUDFRONT_KEY_PAIR_ID",
+                        "required with ARTEFATOS_DOWNLOAD_BASE_URL",
+                    )
+                })?;
+                Some(CdnConfig {
+                    base_url: base_url.trim_end_matches('/').to_string(),
+                    key_pair_id,
+                    private_key,
+                })
+            }
         };
 
         let defaults = Limits::default();
@@ -256,7 +344,9 @@ impl Config {
             namespace: or("ARTEFATOS_NAMESPACE", "artefatos"),
             storage,
             presign_ttl: duration(vars, "ARTEFATOS_PRESIGN_TTL", secs(15 * 60))?,
+            cdn,
             max_body_bytes: parse(vars, "ARTEFATOS_MAX_BODY_BYTES", 16 * 1024 * 1024)?,
+            max_document_bytes: parse(vars, "ARTEFATOS_MAX_DOCUMENT_BYTES", 512 * 1024 * 1024)?,
             limits,
             large_body_bytes: parse(vars, "ARTEFATOS_LARGE_BODY_BYTES", 1024 * 1024)?,
             max_large_bodies_in_flight: parse(vars, "ARTEFATOS_MAX_LARGE_BODIES_IN_FLIGHT", 4)?,
@@ -407,6 +497,29 @@ mod tests {
         let vars = HashMap::from([("ARTEFATOS_RATE_LIMIT".to_string(), "0".to_string())]);
         let err = Config::from_vars(&vars).unwrap_err().to_string();
         assert!(err.starts_with("ARTEFATOS_RATE_LIMIT"), "{err}");
+    }
+
+    #[test]
+    fn a_download_base_url_needs_a_key_pair_id_and_exactly_one_key() {
+        let mut vars = HashMap::from([
+            (
+                "ARTEFATOS_DOWNLOAD_BASE_URL".to_string(),
+                "https://d.example/".to_string(),
+            ),
+            (
+                "ARTEFATOS_CLOUDFRONT_PRIVATE_KEY".to_string(),
+                "PEM".to_string(),
+            ),
+        ]);
+        let err = Config::from_vars(&vars).unwrap_err().to_string();
+        assert!(err.starts_with("ARTEFATOS_CLOUDFRONT_KEY_PAIR_ID"), "{err}");
+        vars.insert("ARTEFATOS_CLOUDFRONT_KEY_PAIR_ID".into(), "K1".into());
+        let cdn = Config::from_vars(&vars).unwrap().cdn.unwrap();
+        assert_eq!(cdn.base_url, "https://d.example");
+        assert_eq!(format!("{:?}", cdn.private_key), "Pem(<redacted>)");
+        vars.insert("ARTEFATOS_CLOUDFRONT_PRIVATE_KEY_FILE".into(), "/k".into());
+        let err = Config::from_vars(&vars).unwrap_err().to_string();
+        assert!(err.starts_with("ARTEFATOS_CLOUDFRONT_PRIVATE_KEY"), "{err}");
     }
 
     #[test]

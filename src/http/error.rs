@@ -45,6 +45,10 @@ pub enum ApiError {
     InvalidDocument(ValidationError),
     #[error("the request body exceeds the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body exceeds the limit of {0} bytes once decompressed")]
+    DocumentTooLarge(usize),
+    #[error("unsupported Content-Encoding {0:?}: expected gzip, zstd or identity")]
+    UnsupportedEncoding(String),
     #[error("the job is {} and has no artifact yet", .0.as_str())]
     NotReady(JobStatus),
     #[error("the job failed: {message}")]
@@ -84,7 +88,8 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RequestInProgress => "request_in_progress",
             ApiError::InvalidDocument(_) => "invalid_document",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::PayloadTooLarge(_) | ApiError::DocumentTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::NotReady(_) => "not_ready",
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::Gone => "gone",
@@ -112,7 +117,10 @@ impl ApiError {
             ApiError::RequestInProgress | ApiError::NotReady(_) | ApiError::JobFailed { .. } => {
                 StatusCode::CONFLICT
             }
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::DocumentTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Gone => StatusCode::GONE,
             ApiError::RateLimited { .. } | ApiError::TooManyJobs(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -179,6 +187,13 @@ impl IntoResponse for ApiError {
             | ApiError::Timeout(_)
             | ApiError::TooManyJobs(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // RFC 9110 15.5.16: a 415 about a content coding names the accepted ones.
+            ApiError::UnsupportedEncoding(_) => {
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("gzip, zstd, identity"),
+                );
             }
             ApiError::RateLimited { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Client;
+use super::encoding;
 use super::error::ApiError;
 use super::fingerprint::fingerprint;
 use super::status::job_json;
@@ -51,7 +52,22 @@ struct GenerateRequest<'a> {
 /// members of the fingerprint), so their number is what bounds the API's
 /// memory. `None` for a small body, which needs no slot.
 pub struct LargeBodySlot {
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl LargeBodySlot {
+    /// Whether this request already holds a slot.
+    pub fn holds_permit(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// Keeps `permit` (taken once a compressed body inflated past the
+    /// large-body size) until the response, like one taken up front.
+    pub fn hold(&mut self, permit: Option<OwnedSemaphorePermit>) {
+        if permit.is_some() {
+            self.permit = permit;
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for LargeBodySlot {
@@ -64,9 +80,9 @@ impl FromRequestParts<AppState> for LargeBodySlot {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         match length {
-            Some(n) if n <= state.config.large_body_bytes => Ok(LargeBodySlot { _permit: None }),
+            Some(n) if n <= state.config.large_body_bytes => Ok(LargeBodySlot { permit: None }),
             // Too large to be read at all: the body limit answers 413.
-            Some(n) if n > state.config.max_body_bytes => Ok(LargeBodySlot { _permit: None }),
+            Some(n) if n > state.config.max_body_bytes => Ok(LargeBodySlot { permit: None }),
             // Large, or of unknown length (chunked): it needs a slot. Refused
             // at once rather than queued, so a client's retry lands on
             // another replica or a calmer moment instead of holding a socket.
@@ -75,7 +91,7 @@ impl FromRequestParts<AppState> for LargeBodySlot {
                 .clone()
                 .try_acquire_owned()
                 .map(|permit| LargeBodySlot {
-                    _permit: Some(permit),
+                    permit: Some(permit),
                 })
                 .map_err(|_| ApiError::Busy),
         }
@@ -86,7 +102,7 @@ impl FromRequestParts<AppState> for LargeBodySlot {
 pub async fn generate(
     State(state): State<AppState>,
     Client(client): Client,
-    _slot: LargeBodySlot,
+    mut slot: LargeBodySlot,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -95,6 +111,7 @@ pub async fn generate(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(state.config.max_body_bytes),
         _ => ApiError::InvalidRequest(rejection.body_text()),
     })?;
+    let body = encoding::decode(&state, &mut slot, &headers, body).await?;
     let request: GenerateRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let key = idempotency_key(&headers, request.idempotency_key.as_deref())?;

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod download;
+pub mod encoding;
 pub mod error;
 pub mod fingerprint;
 pub mod generate;

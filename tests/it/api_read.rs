@@ -227,17 +227,7 @@ async fn a_done_job_redirects_to_a_presigned_url_that_serves_its_bytes() {
     assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 403);
 
     // JSON on request, and the same (cached) URL again.
-    let json: Value = app
-        .http
-        .get(format!("{}/download/{id}", app.address))
-        .bearer_auth(&app.api_key)
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json = app.download_json(&id).await;
     assert_eq!(json["url"], url.as_str());
     let expires: chrono::DateTime<chrono::Utc> =
         json["expires_at"].as_str().unwrap().parse().unwrap();

@@ -512,6 +512,7 @@ async fn put_fails_promptly_and_transiently_while_s3_is_down_then_recovers() {
 async fn half_configured_static_credentials_are_a_clear_error() {
     let config = StorageConfig::S3(artefatos::config::S3Config {
         endpoint: Some("http://127.0.0.1:9".into()),
+        public_endpoint: None,
         bucket: "b".into(),
         region: "us-east-1".into(),
         access_key_id: Some("key".into()),

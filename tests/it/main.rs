@@ -1,7 +1,9 @@
 //! One integration-test binary (one link step) for everything that talks to
 //! the real services; each test boots its own app in its own namespace.
 
+mod api_cdn;
 mod api_degraded;
+mod api_encoding;
 mod api_generate;
 mod api_hardening;
 mod api_read;

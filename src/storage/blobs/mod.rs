@@ -5,6 +5,7 @@
 //! presigns a GET URL (S3) or streams the bytes through the service (`get`).
 //! Both backends validate keys the same way and pass the same tests.
 
+mod cloudfront;
 mod error;
 mod fs;
 mod key;
@@ -20,8 +21,9 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::config::StorageConfig;
+use crate::config::{CdnConfig, StorageConfig};
 
+pub use cloudfront::{CloudFrontSigner, canned_policy, cloudfront_base64};
 pub use error::BlobError;
 pub use fs::FsBlobs;
 pub use key::MAX_KEY_BYTES;
@@ -124,6 +126,24 @@ impl Blobs {
             StorageConfig::S3(s3) => Blobs::S3(S3Blobs::connect(s3, limits).await?),
             StorageConfig::Filesystem { dir } => Blobs::Filesystem(FsBlobs::new(dir.clone())),
         })
+    }
+
+    /// Makes download URLs CloudFront signed URLs (`ARTEFATOS_DOWNLOAD_BASE_URL`);
+    /// the key is loaded and checked now. Only the S3 backend has an origin
+    /// a distribution can serve.
+    pub fn with_cdn(mut self, cdn: Option<&CdnConfig>) -> Result<Self, BlobError> {
+        let Some(cdn) = cdn else {
+            return Ok(self);
+        };
+        match &mut self {
+            Blobs::S3(s3) => s3.set_cdn(CloudFrontSigner::new(cdn)?),
+            Blobs::Filesystem(_) => {
+                return Err(BlobError::Config(
+                    "ARTEFATOS_DOWNLOAD_BASE_URL needs the S3 backend".into(),
+                ));
+            }
+        }
+        Ok(self)
     }
 
     /// Creates the bucket or directory if it is missing; safe to call on every start.

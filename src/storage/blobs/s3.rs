@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
+use super::cloudfront::CloudFrontSigner;
 use super::upload::{self, MultipartLimits};
 use super::{ArtifactMeta, BlobBody, BlobError, PresignedUrl, STREAM_CHUNK, StoredArtifact};
 use crate::config::S3Config;
@@ -36,6 +37,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct S3Blobs {
     client: Client,
+    /// The client presigned URLs are made with: `client` itself, or one for
+    /// the public endpoint (`ARTEFATOS_PUBLIC_S3_ENDPOINT`) with the same
+    /// credentials, so a URL names the host clients can reach while the
+    /// service keeps talking to its internal endpoint. Presigning makes no
+    /// request, so this client never connects anywhere.
+    presigner: Client,
+    /// CloudFront signs the download URLs instead, when configured.
+    cdn: Option<Arc<CloudFrontSigner>>,
     bucket: Arc<str>,
     region: Arc<str>,
     limits: MultipartLimits,
@@ -88,12 +97,30 @@ impl S3Blobs {
         let s3_config = aws_sdk_s3::config::Builder::from(&sdk_config)
             .force_path_style(config.endpoint.is_some())
             .build();
+        let client = Client::from_conf(s3_config);
+        let presigner = match &config.public_endpoint {
+            Some(public) => Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&sdk_config)
+                    .endpoint_url(public)
+                    .force_path_style(true)
+                    .build(),
+            ),
+            None => client.clone(),
+        };
         Ok(Self {
-            client: Client::from_conf(s3_config),
+            client,
+            presigner,
+            cdn: None,
             bucket: config.bucket.as_str().into(),
             region: config.region.as_str().into(),
             limits,
         })
+    }
+
+    /// Download URLs from CloudFront (`ARTEFATOS_DOWNLOAD_BASE_URL`) instead
+    /// of presigned S3 ones.
+    pub(super) fn set_cdn(&mut self, signer: CloudFrontSigner) {
+        self.cdn = Some(Arc::new(signer));
     }
 
     /// The underlying client, for callers that need an operation this type
@@ -163,13 +190,16 @@ impl S3Blobs {
         // SigV4 dates have whole seconds: the URL dies at the truncated start
         // plus the TTL, so `expires_at` must not be computed from a later instant.
         let start = whole_seconds(SystemTime::now());
+        if let Some(cdn) = &self.cdn {
+            return cdn.sign(key, start, ttl);
+        }
         let presigning = PresigningConfig::builder()
             .start_time(start)
             .expires_in(ttl)
             .build()
             .map_err(|err| BlobError::Config(format!("presign TTL {ttl:?}: {err}")))?;
         let request = self
-            .client
+            .presigner
             .get_object()
             .bucket(&*self.bucket)
             .key(key)

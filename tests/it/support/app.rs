@@ -33,6 +33,9 @@ pub struct Options {
     pub proxy_rabbitmq: bool,
     /// Use the filesystem backend instead of a private S3 server.
     pub filesystem: bool,
+    /// Put a proxy in front of the S3 server and make it the public
+    /// endpoint (`ARTEFATOS_PUBLIC_S3_ENDPOINT`) presigned URLs name.
+    pub public_s3_proxy: bool,
     /// Extra environment variables (e.g. limits) for `Config::from_vars`.
     pub vars: Vec<(&'static str, String)>,
     /// The actor tree the app runs: `Api` (the outbox relay, as `artefatos
@@ -54,6 +57,8 @@ pub struct TestApp {
     /// so a spawned `artefatos` process can be pointed at the same app.
     pub env: HashMap<String, String>,
     pub s3: Option<S3Server>,
+    /// The public endpoint of the S3 server, when `Options::public_s3_proxy`.
+    pub s3_public_proxy: Option<TcpProxy>,
     pub postgres_proxy: Option<TcpProxy>,
     pub redis_proxy: Option<TcpProxy>,
     pub rabbitmq_proxy: Option<TcpProxy>,
@@ -119,6 +124,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     }
     let mut config = Config::from_vars(&vars).expect("test configuration");
 
+    let mut s3_public_proxy = None;
     let (s3, storage_dir) = if options.filesystem {
         let dir = tempfile::tempdir().expect("storage dir");
         config.storage = StorageConfig::Filesystem {
@@ -128,6 +134,20 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     } else {
         let server = S3Server::start().await;
         config.storage = server.config();
+        if options.public_s3_proxy
+            && let StorageConfig::S3(s3) = &mut config.storage
+        {
+            let internal = s3.endpoint.as_deref().expect("endpoint");
+            let proxy = TcpProxy::start(
+                internal
+                    .trim_start_matches("http://")
+                    .parse()
+                    .expect("s3 address"),
+            )
+            .await;
+            s3.public_endpoint = Some(format!("http://{}", proxy.addr()));
+            s3_public_proxy = Some(proxy);
+        }
         (Some(server), None)
     };
 
@@ -164,6 +184,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         config,
         env: vars,
         s3,
+        s3_public_proxy,
         postgres_proxy,
         redis_proxy,
         rabbitmq_proxy,
@@ -220,6 +241,20 @@ impl TestApp {
             .send()
             .await
             .expect("GET")
+    }
+
+    /// `GET /download/{id}` asking for JSON: the URL and its expiry.
+    pub async fn download_json(&self, job_id: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/download/{job_id}", self.address))
+            .bearer_auth(&self.api_key)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .expect("GET /download");
+        assert_eq!(response.status(), 200, "download of {job_id}");
+        response.json().await.expect("download JSON")
     }
 
     /// The status document of a job.

@@ -61,6 +61,7 @@ impl S3Server {
     pub fn config(&self) -> StorageConfig {
         StorageConfig::S3(S3Config {
             endpoint: Some(self.endpoint()),
+            public_endpoint: None,
             bucket: format!("t-{}", uuid::Uuid::new_v4().simple()),
             region: "us-east-1".into(),
             access_key_id: Some(self.access_key.clone()),
@@ -170,6 +171,7 @@ pub fn storage_env(config: &StorageConfig) -> Vec<(&'static str, String)> {
             ];
             let optional = [
                 ("S3_ENDPOINT", &s3.endpoint),
+                ("ARTEFATOS_PUBLIC_S3_ENDPOINT", &s3.public_endpoint),
                 ("AWS_ACCESS_KEY_ID", &s3.access_key_id),
                 ("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key),
             ];
