@@ -65,15 +65,15 @@ impl Actor for Janitor {
 }
 
 async fn sweep_artifacts(ctx: &mut Ctx) {
-    let stale =
-        match lifecycle::stale_artifacts(&ctx.db, ctx.config.worker.retention, BATCH).await {
-            Ok(stale) => stale,
-            Err(err) => {
-                warn!(error = %err, "janitor scan failed");
-                ctx.health.failure("janitor", &err.to_string(), false);
-                return;
-            }
-        };
+    let stale = match lifecycle::stale_artifacts(&ctx.db, ctx.config.worker.retention, BATCH).await
+    {
+        Ok(stale) => stale,
+        Err(err) => {
+            warn!(error = %err, "janitor scan failed");
+            ctx.health.failure("janitor", &err.to_string(), false);
+            return;
+        }
+    };
     for (job_id, key) in stale {
         // Delete first, mark second: a crash in between repeats the
         // (idempotent) delete instead of leaving an unmarked orphan.
@@ -99,8 +99,7 @@ async fn sweep_artifacts(ctx: &mut Ctx) {
 async fn sweep_rows(ctx: &mut Ctx) {
     let worker = &ctx.config.worker;
     for _ in 0..ROW_BATCHES_PER_SWEEP {
-        match lifecycle::drop_failed_payloads(&ctx.db, worker.dlq_replay_window, ROW_BATCH).await
-        {
+        match lifecycle::drop_failed_payloads(&ctx.db, worker.dlq_replay_window, ROW_BATCH).await {
             Ok(n) if n < ROW_BATCH as u64 => break,
             Ok(_) => {}
             Err(err) => {
@@ -111,20 +110,15 @@ async fn sweep_rows(ctx: &mut Ctx) {
         }
     }
     for _ in 0..ROW_BATCHES_PER_SWEEP {
-        let deleted = match lifecycle::delete_expired_jobs(
-            &ctx.db,
-            worker.job_retention,
-            ROW_BATCH,
-        )
-        .await
-        {
-            Ok(deleted) => deleted,
-            Err(err) => {
-                warn!(error = %err, "janitor: job rows not deleted");
-                ctx.health.failure("janitor", &err.to_string(), false);
-                return;
-            }
-        };
+        let deleted =
+            match lifecycle::delete_expired_jobs(&ctx.db, worker.job_retention, ROW_BATCH).await {
+                Ok(deleted) => deleted,
+                Err(err) => {
+                    warn!(error = %err, "janitor: job rows not deleted");
+                    ctx.health.failure("janitor", &err.to_string(), false);
+                    return;
+                }
+            };
         if !deleted.is_empty() {
             info!(jobs = deleted.len(), "job rows past retention deleted");
         }

@@ -1,0 +1,160 @@
+//! Job control: `DELETE /jobs/{id}` (cancellation) against the real API,
+//! PostgreSQL, RabbitMQ, Redis and S3, with and without a worker.
+
+use std::time::Duration;
+
+use artefatos::render::Format;
+use artefatos::storage::blobs::{BlobError, Blobs};
+use artefatos::storage::queue::Topology;
+use reqwest::Response;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::support::{TestApp, poll_until, spawn_app};
+use crate::worker_support::{big_body, depth, post_job, start_worker};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn cancel_as(app: &TestApp, key: &str, job_id: &str) -> Response {
+    app.http
+        .delete(format!("{}/jobs/{job_id}", app.address))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("DELETE /jobs")
+}
+
+async fn cancel(app: &TestApp, job_id: &str) -> (u16, Value) {
+    let response = cancel_as(app, &app.api_key, job_id).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+async fn db_status(app: &TestApp, job_id: &str) -> String {
+    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
+        .bind(job_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("job row")
+}
+
+/// The job's artifact key and whether it still holds its document.
+async fn stored(app: &TestApp, job_id: &str) -> (Option<String>, bool) {
+    sqlx::query_as("SELECT artifact_key, payload IS NOT NULL FROM jobs WHERE id = $1::uuid")
+        .bind(job_id)
+        .fetch_one(&app.pool)
+        .await
+        .expect("job row")
+}
+
+#[tokio::test]
+async fn a_queued_job_is_canceled_at_once_and_its_message_is_acked_harmlessly() {
+    let app = spawn_app().await;
+    let job = post_job(&app, "xlsx", None).await;
+
+    let (code, body) = cancel(&app, &job).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "canceled");
+    assert!(body["finished_at"].is_string(), "{body}");
+    assert_eq!(app.status(&job).await["status"], "canceled");
+
+    // Repeating the cancel changes nothing and answers the same.
+    let (code, again) = cancel(&app, &job).await;
+    assert_eq!(code, 200);
+    assert_eq!(again["status"], "canceled");
+    assert_eq!(again["finished_at"], body["finished_at"]);
+
+    let download = app.get(&format!("/download/{job}")).await;
+    assert_eq!(download.status(), 409);
+    let problem: Value = download.json().await.unwrap();
+    assert_eq!(problem["code"], "job_canceled");
+
+    // Another client's job and an unknown id look the same: 404.
+    let other = app.other_client_key().await;
+    let response = cancel_as(&app, &other, &job).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], "not_found");
+    let (code, _) = cancel(&app, &Uuid::new_v4().to_string()).await;
+    assert_eq!(code, 404);
+    let (code, _) = cancel(&app, "not-a-uuid").await;
+    assert_eq!(code, 404);
+
+    // The relay still publishes the job's message: a worker skips and acks it.
+    let queue = Topology::new(&app.config).work_queue(Format::Xlsx);
+    let _worker = start_worker(&app.config).await;
+    let next = post_job(&app, "xlsx", None).await;
+    app.wait_for_status(&next, "done", DEADLINE).await;
+    assert!(
+        poll_until(DEADLINE, || async { depth(&app.config, &queue).await == 0 }).await,
+        "every message was settled"
+    );
+    let status = app.status(&job).await;
+    assert_eq!(status["status"], "canceled");
+    assert_eq!(status["attempts"], 0, "never rendered: {status}");
+    assert_eq!(
+        stored(&app, &job).await,
+        (None, false),
+        "nothing stored, document dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_done_job_cannot_be_canceled() {
+    let app = spawn_app().await;
+    let _worker = start_worker(&app.config).await;
+    let job = post_job(&app, "pdf", None).await;
+    app.wait_for_status(&job, "done", DEADLINE).await;
+
+    let (code, problem) = cancel(&app, &job).await;
+    assert_eq!(code, 409, "{problem}");
+    assert_eq!(problem["code"], "job_final");
+    assert_eq!(problem["status"], "done");
+    assert_eq!(app.status(&job).await["status"], "done");
+    assert_eq!(
+        app.get(&format!("/download/{job}?mode=stream"))
+            .await
+            .status(),
+        200,
+        "the artifact is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_processing_job_stops_at_its_checkpoint_and_stores_nothing() {
+    let app = spawn_app().await;
+    let _worker = start_worker(&app.config).await;
+    let job = post_job(&app, "xlsx", Some(big_body(150_000))).await;
+    assert!(
+        poll_until(DEADLINE, || async {
+            db_status(&app, &job).await == "processing"
+        })
+        .await,
+        "the worker took the job"
+    );
+
+    let (code, body) = cancel(&app, &job).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["status"], "processing");
+    assert_eq!(body["cancel_requested"], true);
+    // A repeat while the worker has not stopped yet answers the same.
+    let (code, _) = cancel(&app, &job).await;
+    assert!(code == 202 || code == 200, "harmless repeat: {code}");
+
+    let status = app.wait_for_status(&job, "canceled", DEADLINE).await;
+    assert!(status.get("artifact").is_none(), "{status}");
+    assert_eq!(
+        stored(&app, &job).await,
+        (None, false),
+        "nothing stored, document dropped"
+    );
+    let blobs = Blobs::from_config(&app.config.storage).await.unwrap();
+    match blobs.get(&format!("jobs/{job}.xlsx")).await {
+        Err(BlobError::NotFound(_)) => {}
+        Ok(_) => panic!("a canceled job's artifact was stored"),
+        Err(other) => panic!("unexpected storage error {other}"),
+    }
+    let (code, _) = cancel(&app, &job).await;
+    assert_eq!(code, 200, "canceled for good");
+    let download = app.get(&format!("/download/{job}")).await;
+    assert_eq!(download.status(), 409);
+}
