@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Client;
 use super::error::ApiError;
-use super::fingerprint::fingerprint;
+use super::fingerprint::fingerprint_with_metadata;
 use super::status::job_json;
 use crate::metrics::{IDEMPOTENT_REPLAYS, JOBS_CREATED};
 use crate::render::{self, Format};
@@ -43,6 +43,8 @@ struct GenerateRequest<'a> {
     filename: Option<String>,
     #[serde(borrow)]
     document: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
 }
 
 /// A slot among the large bodies this process may process at once, held
@@ -124,7 +126,8 @@ pub async fn generate(
     }
     .map_err(ApiError::InvalidDocument)?;
 
-    let fingerprint = fingerprint(format, &filename, document);
+    let metadata = super::metadata::parse(request.metadata)?;
+    let fingerprint = fingerprint_with_metadata(format, &filename, metadata.as_ref(), document);
     let new = NewJob {
         id: Uuid::now_v7(),
         client_id: client,
@@ -133,6 +136,7 @@ pub async fn generate(
         format,
         filename,
         payload: text,
+        metadata: metadata.map(|m| serde_json::json!(m)),
     };
     let (job, replayed) = accept(&state, new).await?;
     Ok(respond(&job, replayed))

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod health;
 pub mod jobs;
 pub mod limit;
+pub mod metadata;
 pub mod metrics;
 pub mod openapi;
 pub mod status;

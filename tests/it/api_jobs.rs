@@ -1,4 +1,5 @@
-//! Job control: `DELETE /jobs/{id}` (cancellation) against the real API,
+//! Job control: `DELETE /jobs/{id}` (cancellation), `metadata` and
+//! `GET /jobs` (the job list) against the real API,
 //! PostgreSQL, RabbitMQ, Redis and S3, with and without a worker.
 
 use std::time::Duration;
@@ -7,10 +8,10 @@ use artefatos::render::Format;
 use artefatos::storage::blobs::{BlobError, Blobs};
 use artefatos::storage::queue::Topology;
 use reqwest::Response;
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{TestApp, poll_until, spawn_app};
+use crate::support::{TestApp, generate_body, poll_until, spawn_app};
 use crate::worker_support::{big_body, depth, post_job, start_worker};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -157,4 +158,68 @@ async fn a_processing_job_stops_at_its_checkpoint_and_stores_nothing() {
     assert_eq!(code, 200, "canceled for good");
     let download = app.get(&format!("/download/{job}")).await;
     assert_eq!(download.status(), 409);
+}
+
+#[tokio::test]
+async fn metadata_is_stored_shown_and_part_of_the_request() {
+    let app = spawn_app().await;
+    let key = Uuid::new_v4().to_string();
+    let mut body = generate_body("xlsx", &key);
+    body["metadata"] = json!({"order": "A-17", "user": "42"});
+    let response = app.generate(&body).await;
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["metadata"], json!({"order": "A-17", "user": "42"}));
+    let job = created["job_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        app.status(&job).await["metadata"],
+        json!({"order": "A-17", "user": "42"})
+    );
+
+    // The same metadata in another order is the same request: a replay.
+    body["metadata"] = json!({"user": "42", "order": "A-17"});
+    let replay = app.generate(&body).await;
+    assert_eq!(replay.status(), 202);
+    assert_eq!(
+        replay.json::<Value>().await.unwrap()["job_id"],
+        job.as_str()
+    );
+    // Other metadata under the same key is another request.
+    for other in [json!({"order": "A-18", "user": "42"}), Value::Null] {
+        body["metadata"] = other;
+        let reused = app.generate(&body).await;
+        assert_eq!(reused.status(), 422);
+        assert_eq!(
+            reused.json::<Value>().await.unwrap()["code"],
+            "idempotency_key_reused"
+        );
+    }
+
+    // A job without metadata shows none.
+    let plain = post_job(&app, "pdf", None).await;
+    assert!(app.status(&plain).await.get("metadata").is_none());
+}
+
+#[tokio::test]
+async fn metadata_beyond_its_limits_is_refused_and_creates_nothing() {
+    let app = spawn_app().await;
+    let many: serde_json::Map<String, Value> =
+        (0..21).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let cases = [
+        (Value::Object(many), "at most 20"),
+        (json!({"k": "x".repeat(4096)}), "at most 4096 are allowed"),
+        (json!({"n": 1}), "must be a string"),
+        (json!(["a"]), "must be an object"),
+    ];
+    for (metadata, says) in cases {
+        let mut body = generate_body("xlsx", &Uuid::new_v4().to_string());
+        body["metadata"] = metadata;
+        let response = app.generate(&body).await;
+        assert_eq!(response.status(), 400);
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_request");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{detail:?} should say {says:?}");
+    }
+    assert_eq!(app.job_count().await, 0);
 }
