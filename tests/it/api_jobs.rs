@@ -223,3 +223,112 @@ async fn metadata_beyond_its_limits_is_refused_and_creates_nothing() {
     }
     assert_eq!(app.job_count().await, 0);
 }
+
+/// Every page of `GET /jobs?{query}`, following `next_cursor`, as job ids.
+async fn list_all(app: &TestApp, query: &str, mut between: impl AsyncFnMut()) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/jobs?{query}&cursor={c}"),
+            None => format!("/jobs?{query}"),
+        };
+        let response = app.get(&path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let page: Value = response.json().await.unwrap();
+        for job in page["jobs"].as_array().unwrap() {
+            ids.push(job["job_id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return ids,
+        }
+        between().await;
+    }
+}
+
+#[tokio::test]
+async fn the_job_list_pages_newest_first_without_skipping_while_jobs_arrive() {
+    let app = spawn_app().await;
+    let mut posted = Vec::new();
+    for _ in 0..7 {
+        posted.push(post_job(&app, "xlsx", None).await);
+    }
+    // Another client's job is never listed.
+    let other = app.other_client_key().await;
+    let theirs = app
+        .generate_as(&other, &generate_body("pdf", &Uuid::new_v4().to_string()))
+        .await;
+    assert_eq!(theirs.status(), 202);
+
+    // Pages of 3 while a new job arrives before each next page: the walk
+    // sees exactly the jobs that existed when it began, newest first.
+    let mut arrived = Vec::new();
+    let walked = list_all(&app, "limit=3", async || {
+        arrived.push(post_job(&app, "pdf", None).await);
+    })
+    .await;
+    let newest_first: Vec<String> = posted.iter().rev().cloned().collect();
+    assert_eq!(walked, newest_first);
+    assert_eq!(arrived.len(), 2, "three pages of 3, 3 and 1");
+
+    // The first page shows the newest job as GET /status does.
+    let page: Value = app.get("/jobs").await.json().await.unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 9);
+    assert_eq!(page["next_cursor"], Value::Null);
+    let newest = arrived.last().unwrap();
+    assert_eq!(page["jobs"][0], app.status(newest).await);
+
+    // The status filter.
+    let (code, _) = cancel(&app, &posted[2]).await;
+    assert_eq!(code, 200);
+    let canceled = list_all(&app, "status=canceled&limit=1", async || {}).await;
+    assert_eq!(canceled, vec![posted[2].clone()]);
+    let queued = list_all(&app, "status=queued&limit=200", async || {}).await;
+    assert_eq!(queued.len(), 8);
+    assert!(!queued.contains(&posted[2]));
+    assert!(list_all(&app, "status=done", async || {}).await.is_empty());
+
+    // The index serves the walk.
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM jobs WHERE client_id = gen_random_uuid() \
+         AND (created_at, id) < (now(), gen_random_uuid()) \
+         ORDER BY created_at DESC, id DESC LIMIT 3",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert!(plan.join("\n").contains("jobs_by_client"), "{plan:?}");
+}
+
+#[tokio::test]
+async fn bad_list_parameters_are_refused_clearly() {
+    let app = spawn_app().await;
+    for query in [
+        "limit=0",
+        "limit=201",
+        "limit=ten",
+        "status=finished",
+        "cursor=not-ours",
+        "cursor=zz",
+    ] {
+        let response = app.get(&format!("/jobs?{query}")).await;
+        assert_eq!(response.status(), 400, "{query}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_request", "{query}");
+    }
+    let response = app.get("/jobs?limit=200").await;
+    assert_eq!(response.status(), 200);
+    let unauthenticated = app
+        .http
+        .get(format!("{}/jobs", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
