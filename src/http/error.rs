@@ -138,10 +138,9 @@ impl ApiError {
             ApiError::InvalidDocument(e) => {
                 json!({ "errors": [{ "path": e.path, "message": e.message }] })
             }
-            ApiError::NotReady(status) | ApiError::JobFinal(status) => {
-                json!({ "status": status.as_str() })
-            }
-            ApiError::JobCanceled => json!({ "status": "canceled" }),
+            ApiError::NotReady(status) => json!({ "status": status.as_str() }),
+            // Not `status`: that member is the HTTP status code (RFC 9457).
+            ApiError::JobFinal(status) => json!({ "job_status": status.as_str() }),
             ApiError::JobFailed { code, .. } => json!({ "status": "failed", "error_code": code }),
             _ => json!({}),
         }

@@ -109,7 +109,8 @@ async fn a_done_job_cannot_be_canceled() {
     let (code, problem) = cancel(&app, &job).await;
     assert_eq!(code, 409, "{problem}");
     assert_eq!(problem["code"], "job_final");
-    assert_eq!(problem["status"], "done");
+    assert_eq!(problem["status"], 409);
+    assert_eq!(problem["job_status"], "done");
     assert_eq!(app.status(&job).await["status"], "done");
     assert_eq!(
         app.get(&format!("/download/{job}?mode=stream"))
