@@ -58,6 +58,11 @@ async fn a_queued_job_is_canceled_at_once_and_its_message_is_acked_harmlessly() 
     assert_eq!(body["status"], "canceled");
     assert!(body["finished_at"].is_string(), "{body}");
     assert_eq!(app.status(&job).await["status"], "canceled");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"artefatos_jobs_finished_total{format="xlsx",outcome="canceled"}"#),
+        "counted as finished, outcome canceled"
+    );
 
     // Repeating the cancel changes nothing and answers the same.
     let (code, again) = cancel(&app, &job).await;
@@ -332,4 +337,73 @@ async fn bad_list_parameters_are_refused_clearly() {
         .await
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
+}
+
+#[tokio::test]
+async fn a_marked_job_is_never_claimed_or_done_and_only_its_holder_or_a_dead_lease_cancels_it() {
+    use artefatos::storage::jobs::JobStatus;
+    use artefatos::storage::jobs::control::{self, Cancel};
+    use artefatos::storage::jobs::lifecycle::{self, Claim};
+
+    use crate::worker_lifecycle::{artifact, database, insert_job};
+
+    const LEASE: Duration = Duration::from_secs(30);
+    let pool = database().await;
+    let job = insert_job(&pool).await;
+    let client: Uuid = sqlx::query_scalar("SELECT client_id FROM jobs WHERE id = $1")
+        .bind(job)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        lifecycle::claim(&pool, job, "w1", LEASE).await.unwrap(),
+        Claim::Claimed(_)
+    ));
+    assert_eq!(
+        control::cancel(&pool, job, Uuid::new_v4()).await.unwrap(),
+        Cancel::Missing,
+        "another client cannot cancel it"
+    );
+    let Cancel::Requested(view) = control::cancel(&pool, job, client).await.unwrap() else {
+        panic!("a held job is only marked");
+    };
+    assert!(view.cancel_requested);
+    assert!(control::cancel_requested(&pool, job).await.unwrap());
+
+    // The holder's `done` is refused; another worker cannot finish the cancel.
+    assert_eq!(
+        lifecycle::mark_done(&pool, job, "w1", &artifact(job))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        control::finish_cancel(&pool, job, "w2").await.unwrap(),
+        None
+    );
+
+    // Its worker dies: the lease runs out, a redelivery does not claim the
+    // job but finishes its cancel.
+    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        lifecycle::claim(&pool, job, "w2", LEASE).await.unwrap(),
+        Claim::Leased { .. }
+    ));
+    let canceled = control::finish_cancel(&pool, job, "w2")
+        .await
+        .unwrap()
+        .expect("a dead lease's cancel is finished by anyone");
+    assert_eq!(canceled.status, JobStatus::Canceled);
+    assert!(matches!(
+        lifecycle::claim(&pool, job, "w2", LEASE).await.unwrap(),
+        Claim::Finished(_)
+    ));
+    assert!(matches!(
+        control::cancel(&pool, job, client).await.unwrap(),
+        Cancel::AlreadyCanceled(_)
+    ));
 }
