@@ -21,7 +21,7 @@ pub const CACHE_LOOKUPS: &str = "artefatos_cache_lookups_total";
 pub const OUTBOX_BACKLOG: &str = "artefatos_outbox_backlog";
 /// Jobs accepted, by `format`.
 pub const JOBS_CREATED: &str = "artefatos_jobs_created_total";
-/// Jobs that reached a final status, by `format` and `outcome` (`done`, `failed`, `expired`).
+/// Jobs that reached a final status, by `format` and `outcome` (`done`, `failed`, `expired`, `canceled`).
 pub const JOBS_FINISHED: &str = "artefatos_jobs_finished_total";
 /// Attempts started by workers, by `format`.
 pub const JOB_ATTEMPTS: &str = "artefatos_job_attempts_total";

@@ -1,7 +1,8 @@
 //! One attempt at one job, start to end, as a task of its pool: claim (group
 //! commit) → document → render (waits for a renderer) → upload (uploader) →
-//! `done` (group commit), with the lease renewed all along. Returns how the
-//! delivery must be settled.
+//! `done` (group commit), with the lease renewed all along. Between the render
+//! and the upload of a big document, the attempt checks whether its client
+//! canceled the job. Returns how the delivery must be settled.
 //!
 //! Only the render holds a renderer; everything else is waiting, and any
 //! number of attempts wait at once.
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 use crate::metrics::{JOB_ATTEMPTS, JOB_STAGE_DURATION, JOBS_FINISHED};
 use crate::render::RenderError;
 use crate::storage::blobs::{ArtifactMeta, BlobError, StoredArtifact};
+use crate::storage::jobs::control;
 use crate::storage::jobs::lifecycle::{self, Artifact, Claim};
 use crate::storage::jobs::{JobError, JobView, artifact_key};
 
@@ -47,6 +49,10 @@ enum AttemptError {
     /// now, with a delivery of its own, and this attempt must store nothing.
     #[error("lease lost")]
     LeaseLost,
+    /// The client canceled the job (`DELETE /jobs/{id}`) while it rendered:
+    /// the attempt stops before the upload and stores nothing.
+    #[error("canceled by its client")]
+    Canceled,
     /// The renderer died (a panic) with this job's document.
     #[error("renderer crashed")]
     Crashed,
@@ -62,6 +68,7 @@ impl AttemptError {
             AttemptError::Storage(e) => !e.is_transient(),
             AttemptError::Database(_)
             | AttemptError::LeaseLost
+            | AttemptError::Canceled
             | AttemptError::Crashed
             | AttemptError::Internal(_) => false,
         }
@@ -82,6 +89,7 @@ impl AttemptError {
             AttemptError::Storage(_) => "the artifact could not be stored".into(),
             AttemptError::Database(_) => "the job's state could not be recorded".into(),
             AttemptError::Crashed => "the renderer stopped unexpectedly".into(),
+            AttemptError::Canceled => "canceled by its client".into(),
             AttemptError::LeaseLost | AttemptError::Internal(_) => {
                 "the worker could not finish the attempt".into()
             }
@@ -97,6 +105,7 @@ impl AttemptError {
             AttemptError::Storage(_) => "storage_failed",
             AttemptError::Database(_) => "database_failed",
             AttemptError::Crashed => "worker_crashed",
+            AttemptError::Canceled => "canceled",
             AttemptError::LeaseLost | AttemptError::Internal(_) => "worker_failed",
         }
     }
@@ -166,12 +175,25 @@ async fn try_run(ctx: &Ctx, pool: &ActorRef<PoolMsg>, ticket: &Ticket) -> Result
 
     match outcome {
         Ok(artifact) => {
-            match ctx.commits.done(ticket.job_id, artifact).await? {
-                Some(view) => finished(ctx, &view, "done"),
+            let key = artifact.key.clone();
+            if let Some(view) = ctx.commits.done(ticket.job_id, artifact).await? {
+                finished(ctx, &view, "done");
+            } else if cancel(ctx, ticket).await? {
+                // Canceled after the checkpoint: `done` refused the job, so
+                // the artifact just stored goes too.
+                if let Err(err) = ctx.blobs.delete(&key).await {
+                    warn!(job_id = %ticket.job_id, error = %err, "could not delete a canceled job's artifact");
+                }
+            } else {
                 // Lost the lease and someone else committed or holds the job
                 // (with its own delivery): this delivery is a duplicate.
-                None => info!(job_id = %ticket.job_id, "finished elsewhere; not committing"),
+                info!(job_id = %ticket.job_id, "finished elsewhere; not committing");
             }
+            Ok(Settle::Ack)
+        }
+        Err(AttemptError::Canceled) => {
+            info!(job_id = %ticket.job_id, "canceled by its client; stopped before storing anything");
+            cancel(ctx, ticket).await?;
             Ok(Settle::Ack)
         }
         Err(AttemptError::LeaseLost) => {
@@ -200,6 +222,10 @@ async fn try_run(ctx: &Ctx, pool: &ActorRef<PoolMsg>, ticket: &Ticket) -> Result
 /// finished, leased elsewhere or missing. `Ok(view)` when claimed after all.
 async fn claim_slowly(ctx: &Ctx, ticket: &Ticket) -> Result<Result<JobView, Settle>, JobError> {
     let worker = &ctx.config.worker;
+    // Canceled while its worker was gone: the claim skips it, finish it here.
+    if cancel(ctx, ticket).await? {
+        return Ok(Err(Settle::Ack));
+    }
     if let Some(view) = lifecycle::expire_if_stale(&ctx.db, ticket.job_id, worker.job_ttl).await? {
         finished(ctx, &view, "expired");
         return Ok(Err(Settle::DeadLetter("expired".into())));
@@ -242,6 +268,18 @@ async fn failed_attempt(
         ctx.cache_status(view);
     }
     Ok(())
+}
+
+/// Finishes a cancel the client asked for while the job was `processing`;
+/// `true` when this call moved the job to `canceled`.
+async fn cancel(ctx: &Ctx, ticket: &Ticket) -> Result<bool, JobError> {
+    match control::finish_cancel(&ctx.db, ticket.job_id, &ctx.worker_id).await? {
+        Some(view) => {
+            finished(ctx, &view, "canceled");
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 fn finished(ctx: &Ctx, view: &JobView, outcome: &'static str) {
@@ -291,6 +329,12 @@ async fn work(
     // under the same key; this attempt must not overwrite it.
     if lost.load(Ordering::SeqCst) {
         return Err(AttemptError::LeaseLost);
+    }
+    // The cancel checkpoint: the client may have asked while it rendered.
+    // Only big documents pay its round trip; a small one's upload costs less,
+    // and its `done` commit refuses a canceled job anyway (see `try_run`).
+    if big && control::cancel_requested(&ctx.db, ticket.job_id).await? {
+        return Err(AttemptError::Canceled);
     }
     let key = artifact_key(ticket.job_id, format);
     let meta = ArtifactMeta {

@@ -42,6 +42,7 @@ pub async fn download(
                 message: job.error.clone().unwrap_or_else(|| "unknown error".into()),
             });
         }
+        JobStatus::Canceled => return Err(ApiError::JobCanceled),
         other => return Err(ApiError::NotReady(other)),
     }
     if job.artifact_deleted {

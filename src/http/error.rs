@@ -58,6 +58,10 @@ pub enum ApiError {
     },
     #[error("the artifact has expired and was deleted")]
     Gone,
+    #[error("the job was canceled by its client and has no artifact")]
+    JobCanceled,
+    #[error("the job is already {} and can no longer be canceled", .0.as_str())]
+    JobFinal(JobStatus),
     #[error("too many requests from this client or address; retry after {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("this client already has {0} jobs not yet done or failed; retry once some finish")]
@@ -93,6 +97,8 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::JobFailed { .. } => "job_failed",
             ApiError::Gone => "gone",
+            ApiError::JobCanceled => "job_canceled",
+            ApiError::JobFinal(_) => "job_final",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TooManyJobs(_) => "too_many_jobs",
             ApiError::Unavailable(_) => "service_unavailable",
@@ -114,9 +120,11 @@ impl ApiError {
             ApiError::UnsupportedFormat(_)
             | ApiError::IdempotencyKeyReused
             | ApiError::InvalidDocument(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::RequestInProgress | ApiError::NotReady(_) | ApiError::JobFailed { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::RequestInProgress
+            | ApiError::NotReady(_)
+            | ApiError::JobFailed { .. }
+            | ApiError::JobCanceled
+            | ApiError::JobFinal(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) | ApiError::DocumentTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -139,6 +147,8 @@ impl ApiError {
                 json!({ "errors": [{ "path": e.path, "message": e.message }] })
             }
             ApiError::NotReady(status) => json!({ "status": status.as_str() }),
+            // Not `status`: that member is the HTTP status code (RFC 9457).
+            ApiError::JobFinal(status) => json!({ "job_status": status.as_str() }),
             ApiError::JobFailed { code, .. } => json!({ "status": "failed", "error_code": code }),
             _ => json!({}),
         }

@@ -18,15 +18,34 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::metadata::Metadata;
 use crate::render::Format;
 
 /// SHA-256 of the canonical request without its idempotency key.
 pub fn fingerprint(format: Format, filename: &str, document: &RawValue) -> [u8; 32] {
+    fingerprint_with_metadata(format, filename, None, document)
+}
+
+/// [`fingerprint`] of a request with `metadata`: its canonical JSON (keys
+/// sorted) comes after a `0x01` byte, which no JSON document starts with, so
+/// a request without metadata keeps the fingerprint it always had.
+pub fn fingerprint_with_metadata(
+    format: Format,
+    filename: &str,
+    metadata: Option<&Metadata>,
+    document: &RawValue,
+) -> [u8; 32] {
+    let metadata = metadata.and_then(|m| serde_json::to_vec(m).ok());
     let prefix = |hasher: &mut Sha256| {
         hasher.update(format.as_str().as_bytes());
         hasher.update([0]);
         hasher.update(filename.as_bytes());
         hasher.update([0]);
+        if let Some(metadata) = &metadata {
+            hasher.update([1]);
+            hasher.update(metadata);
+            hasher.update([0]);
+        }
     };
     let mut hasher = Sha256::new();
     prefix(&mut hasher);

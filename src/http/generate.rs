@@ -21,7 +21,7 @@ use super::AppState;
 use super::auth::Client;
 use super::encoding;
 use super::error::ApiError;
-use super::fingerprint::fingerprint;
+use super::fingerprint::fingerprint_with_metadata;
 use super::status::job_json;
 use crate::metrics::{IDEMPOTENT_REPLAYS, JOBS_CREATED};
 use crate::render::{self, Format};
@@ -44,6 +44,8 @@ struct GenerateRequest<'a> {
     filename: Option<String>,
     #[serde(borrow)]
     document: Option<&'a RawValue>,
+    #[serde(borrow)]
+    metadata: Option<&'a RawValue>,
 }
 
 /// A slot among the large bodies this process may process at once, held
@@ -141,7 +143,8 @@ pub async fn generate(
     }
     .map_err(ApiError::InvalidDocument)?;
 
-    let fingerprint = fingerprint(format, &filename, document);
+    let metadata = super::metadata::parse(request.metadata)?;
+    let fingerprint = fingerprint_with_metadata(format, &filename, metadata.as_ref(), document);
     let new = NewJob {
         id: Uuid::now_v7(),
         client_id: client,
@@ -150,6 +153,7 @@ pub async fn generate(
         format,
         filename,
         payload: text,
+        metadata: metadata.map(|m| serde_json::json!(m)),
     };
     let (job, replayed) = accept(&state, new).await?;
     Ok(respond(&job, replayed))

@@ -2,13 +2,16 @@
 //! problem+json in `error`. Stateless: any replica serves any request.
 
 pub mod auth;
+pub mod cancel;
 pub mod download;
 pub mod encoding;
 pub mod error;
 pub mod fingerprint;
 pub mod generate;
 pub mod health;
+pub mod jobs;
 pub mod limit;
+pub mod metadata;
 pub mod metrics;
 pub mod openapi;
 pub mod status;
@@ -19,7 +22,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tokio::sync::Semaphore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -79,6 +82,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/status/{job_id}", get(status::status))
         .route("/download/{job_id}", get(download::download))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{job_id}", delete(cancel::cancel))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit::auth_failures,

@@ -84,6 +84,12 @@ pub fn job_json(job: &JobView) -> Value {
                 json!({ "code": job.error_code, "message": message }),
             );
         }
+        if job.cancel_requested && !job.status.is_final() {
+            object.insert("cancel_requested".into(), json!(true));
+        }
+        if let Some(metadata) = &job.metadata {
+            object.insert("metadata".into(), metadata.clone());
+        }
         if let (Some(size), Some(sha256)) = (job.artifact_size, &job.artifact_sha256) {
             object.insert(
                 "artifact".into(),

@@ -286,6 +286,16 @@ impl Cache {
             .transpose()
     }
 
+    /// Drops a job's cached status, so the next read takes PostgreSQL's:
+    /// for a change that must not overwrite a transition a worker may be
+    /// writing through at the same moment (a cancel request).
+    pub async fn forget_status(&self, job_id: Uuid) -> Result<(), CacheError> {
+        let _: i64 = self
+            .run(redis::cmd("DEL").arg(self.status_key(job_id)))
+            .await?;
+        Ok(())
+    }
+
     /// Caches a presigned URL until [`URL_MARGIN`] before it expires.
     pub async fn put_download_url(&self, job_id: Uuid, url: &CachedUrl) -> Result<(), CacheError> {
         let remaining = (url.expires_at - Utc::now())

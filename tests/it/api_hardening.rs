@@ -143,6 +143,7 @@ async fn a_row_the_database_refuses_fails_alone_and_its_batch_neighbours_commit(
     let app = spawn_app_with(Options::default()).await;
     let store = Arc::new(JobStore::new(app.pool.clone()));
     let job = |key: String| NewJob {
+        metadata: None,
         id: Uuid::now_v7(),
         client_id: app.client_id,
         idempotency_key: key,

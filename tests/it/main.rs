@@ -6,6 +6,7 @@ mod api_degraded;
 mod api_encoding;
 mod api_generate;
 mod api_hardening;
+mod api_jobs;
 mod api_read;
 mod blobs;
 mod cli;

@@ -13,7 +13,7 @@ const LEASE: Duration = Duration::from_secs(30);
 
 /// A fresh database with the migrations applied, dropped by nobody: names are
 /// unique per test so runs never share rows.
-async fn database() -> PgPool {
+pub(crate) async fn database() -> PgPool {
     let name = format!("artefatos_lc_{}", Uuid::new_v4().simple());
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -36,7 +36,7 @@ async fn database() -> PgPool {
     pool
 }
 
-async fn insert_job(pool: &PgPool) -> Uuid {
+pub(crate) async fn insert_job(pool: &PgPool) -> Uuid {
     let client = Uuid::new_v4();
     sqlx::query("INSERT INTO clients (id, name) VALUES ($1, $2)")
         .bind(client)
@@ -68,7 +68,7 @@ async fn backdate(pool: &PgPool, job: Uuid, column: &str) {
     .unwrap();
 }
 
-fn artifact(job: Uuid) -> Artifact {
+pub(crate) fn artifact(job: Uuid) -> Artifact {
     Artifact {
         key: format!("jobs/{job}.xlsx"),
         size: 10,

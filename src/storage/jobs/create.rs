@@ -41,6 +41,8 @@ pub struct NewJob {
     pub format: Format,
     pub filename: String,
     pub payload: String,
+    /// The client's labels (`POST /generate`'s `metadata`), as a JSON object.
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// What `create` did.
@@ -210,9 +212,10 @@ async fn insert_one(pool: &PgPool, job: &NewJob) -> Result<Created, sqlx::Error>
 /// One statement for the whole batch; returns one outcome per job, in order.
 async fn insert(conn: &mut PgConnection, jobs: &[&NewJob]) -> Result<Vec<Created>, sqlx::Error> {
     let sql = format!(
-        "INSERT INTO jobs (id, client_id, idempotency_key, fingerprint, format, filename, payload)
+        "INSERT INTO jobs (id, client_id, idempotency_key, fingerprint, format, filename, payload,
+                           metadata)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bytea[], $5::text[],
-                              $6::text[], $7::text[]::json[])
+                              $6::text[], $7::text[]::json[], $8::text[]::jsonb[])
          ON CONFLICT (client_id, idempotency_key) DO NOTHING
          RETURNING {JOB_VIEW_COLUMNS}"
     );
@@ -232,6 +235,11 @@ async fn insert(conn: &mut PgConnection, jobs: &[&NewJob]) -> Result<Vec<Created
         .bind(jobs.iter().map(|j| j.format.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.filename.as_str()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.payload.as_str()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.metadata.as_ref().map(|m| m.to_string()))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
     let inserted: HashMap<Uuid, JobView> = inserted.into_iter().map(|j| (j.id, j)).collect();

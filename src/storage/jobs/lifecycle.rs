@@ -51,6 +51,7 @@ pub async fn claim(
         "UPDATE jobs SET status = 'processing', lease_owner = $2, lease_until = now() + $3, \
          attempts = attempts + 1, started_at = COALESCE(started_at, now()), updated_at = now() \
          WHERE id = $1 AND (status = 'queued' OR (status = 'processing' \
+           AND cancel_requested_at IS NULL \
            AND (lease_until IS NULL OR lease_until < now()))) \
          RETURNING {JOB_VIEW_COLUMNS}"
     );
@@ -106,7 +107,8 @@ pub async fn claim_many(
          attempts = attempts + 1, started_at = COALESCE(started_at, now()), updated_at = now() \
          WHERE id = ANY($1) AND ( \
            (status = 'queued' AND NOT (created_at < now() - $4 AND updated_at < now() - $4)) \
-           OR (status = 'processing' AND (lease_until IS NULL OR lease_until < now()))) \
+           OR (status = 'processing' AND cancel_requested_at IS NULL \
+             AND (lease_until IS NULL OR lease_until < now()))) \
          RETURNING {JOB_VIEW_COLUMNS}, \
            CASE WHEN pg_column_size(payload) <= $5 THEN payload::text END AS inline_payload"
     );
@@ -130,7 +132,8 @@ pub async fn claim_many(
 }
 
 /// [`mark_done`] for many jobs of one owner in one statement; returns the
-/// jobs it moved to `done` (the others were no longer this owner's).
+/// jobs it moved to `done` (the others were no longer this owner's, or
+/// their client asked to cancel them: see `control::finish_cancel`).
 /// Each job's document is dropped as it becomes `done`.
 pub async fn mark_done_many(
     pool: &PgPool,
@@ -148,6 +151,7 @@ pub async fn mark_done_many(
          FROM UNNEST($1::uuid[], $3::text[], $4::int8[], $5::text[]) \
            AS v(job_id, new_key, new_size, new_sha256) \
          WHERE jobs.id = v.job_id AND status = 'processing' AND lease_owner = $2 \
+           AND cancel_requested_at IS NULL \
          RETURNING {JOB_VIEW_COLUMNS}"
     );
     Ok(sqlx::query_as::<_, JobView>(AssertSqlSafe(sql))
@@ -439,11 +443,11 @@ pub async fn delete_expired_jobs(
 ) -> Result<Vec<DeletedJob>, JobError> {
     Ok(sqlx::query_as::<_, DeletedJob>(
         "DELETE FROM jobs WHERE id IN ( \
-           SELECT id FROM jobs WHERE status IN ('done', 'failed') \
+           SELECT id FROM jobs WHERE status IN ('done', 'failed', 'canceled') \
              AND finished_at < now() - $1 \
              AND (artifact_key IS NULL OR artifact_deleted_at IS NOT NULL) \
            ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-         AND status IN ('done', 'failed') \
+         AND status IN ('done', 'failed', 'canceled') \
          RETURNING id, client_id, idempotency_key",
     )
     .bind(interval(retention))

@@ -7,6 +7,7 @@
 //! duplicate message can never move a job backwards.
 
 pub mod commits;
+pub mod control;
 pub mod create;
 pub mod lifecycle;
 
@@ -17,8 +18,9 @@ use uuid::Uuid;
 use crate::render::Format;
 
 /// Where a job is in its life. Only ever moves forward:
-/// `queued → processing → done | failed` (a lost lease lets another worker
-/// take `processing` over; it never returns to `queued`).
+/// `queued → processing → done | failed | canceled` (a lost lease lets
+/// another worker take `processing` over; it never returns to `queued`;
+/// `queued → canceled` is the client's cancel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -26,6 +28,8 @@ pub enum JobStatus {
     Processing,
     Done,
     Failed,
+    /// Canceled by its client (`DELETE /jobs/{id}`); nothing was stored.
+    Canceled,
 }
 
 impl JobStatus {
@@ -36,6 +40,7 @@ impl JobStatus {
             JobStatus::Processing => "processing",
             JobStatus::Done => "done",
             JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
         }
     }
 
@@ -46,13 +51,17 @@ impl JobStatus {
             "processing" => Ok(JobStatus::Processing),
             "done" => Ok(JobStatus::Done),
             "failed" => Ok(JobStatus::Failed),
+            "canceled" => Ok(JobStatus::Canceled),
             other => Err(JobError::Corrupt(format!("unknown status {other:?}"))),
         }
     }
 
-    /// `done` and `failed` never change again.
+    /// `done`, `failed` and `canceled` never change again.
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Done | JobStatus::Failed)
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Failed | JobStatus::Canceled
+        )
     }
 }
 
@@ -74,12 +83,20 @@ pub struct JobView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The client asked to cancel the job while a worker held it.
+    /// (`default`: status entries cached before the field existed.)
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The client's own labels, given with `POST /generate`.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Columns that build a [`JobView`]; shared by every query that returns one.
 pub const JOB_VIEW_COLUMNS: &str = "id, client_id, format, filename, status, attempts, error, \
      error_code, artifact_key, artifact_size, artifact_sha256, \
-     (artifact_deleted_at IS NOT NULL) AS artifact_deleted, created_at, started_at, finished_at";
+     (artifact_deleted_at IS NOT NULL) AS artifact_deleted, created_at, started_at, finished_at, \
+     (cancel_requested_at IS NOT NULL) AS cancel_requested, metadata";
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for JobView {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
@@ -105,6 +122,8 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for JobView {
             created_at: row.try_get("created_at")?,
             started_at: row.try_get("started_at")?,
             finished_at: row.try_get("finished_at")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+            metadata: row.try_get("metadata")?,
         })
     }
 }
