@@ -95,7 +95,7 @@ cpu_report() { # $1 = jobs
 # Waits until every job of a phase is final.
 drain() { # $1 = phase
     while :; do
-        read -r final all < <(sql "SELECT count(*) FILTER (WHERE status IN ('done','failed')), count(*) FROM jobs WHERE filename = '$1'")
+        read -r final all < <(sql "SELECT count(*) FILTER (WHERE status IN ('done','failed')), count(*) FROM jobs WHERE filename = '$1.$FORMAT'")
         [ "$all" -gt 0 ] && [ "$final" -eq "$all" ] && return
         sleep 0.2
     done
@@ -105,7 +105,7 @@ latency() { # $1 = phase
            round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000)::numeric, 1),
            round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)) * 1000)::numeric, 1),
            round((max(extract(epoch FROM finished_at - created_at)) * 1000)::numeric, 1)
-         FROM jobs WHERE filename = '$1'" |
+         FROM jobs WHERE filename = '$1.$FORMAT'" |
         awk '{printf "jobs %d (failed %d), POST -> done p50 %s ms, p99 %s ms, max %s ms\n", $1, $2, $3, $4, $5}'
 }
 
@@ -114,7 +114,7 @@ if wants burst; then
     cpu_start
     PHASE=burst DELAY_MS=0 wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" -s benches/e2e/post_small.lua "$URL" | grep -E 'Requests/sec|requests in'
     drain burst
-    read -r jobs failed span < <(sql "SELECT count(*), count(*) FILTER (WHERE status = 'failed'), extract(epoch FROM max(finished_at) - min(created_at)) FROM jobs WHERE filename = 'burst'")
+    read -r jobs failed span < <(sql "SELECT count(*), count(*) FILTER (WHERE status = 'failed'), extract(epoch FROM max(finished_at) - min(created_at)) FROM jobs WHERE filename = 'burst.$FORMAT'")
     awk -v n="$jobs" -v f="$failed" -v s="$span" 'BEGIN {printf "jobs %d (failed %d) in %.2f s from the first POST to the last done: %.0f jobs/s end to end\n", n, f, s, n / s}'
     cpu_report "$jobs"
 fi
@@ -144,8 +144,8 @@ PY
     drain fair
     latency fair
     drain big
-    sql "SELECT status, round((extract(epoch FROM finished_at - created_at) * 1000)::numeric) FROM jobs WHERE filename = 'big'" |
+    sql "SELECT status, round((extract(epoch FROM finished_at - created_at) * 1000)::numeric) FROM jobs WHERE filename = 'big.$FORMAT'" |
         awk '{printf "the big job: %s, POST -> %s %s ms\n", $1, $1, $2}'
-    read -r overlap < <(sql "SELECT count(*) FROM jobs s, jobs b WHERE s.filename = 'fair' AND b.filename = 'big' AND s.finished_at < b.finished_at")
+    read -r overlap < <(sql "SELECT count(*) FROM jobs s, jobs b WHERE s.filename = 'fair.$FORMAT' AND b.filename = 'big.$FORMAT' AND s.finished_at < b.finished_at")
     echo "small jobs finished while the big one was still rendering: $overlap"
 fi

@@ -52,10 +52,18 @@ impl XlsxSink {
 
     /// A sink that keeps its worksheets in memory: for small documents, where
     /// the temporary files would cost more than the rows.
+    ///
+    /// Its zip is deflated at level 1: for a document of a few rows the
+    /// compressor, set up afresh for each of the workbook's dozen parts, was
+    /// the largest cost of the job (perf, BENCHMARKS.md), and the file grows
+    /// by a few hundred bytes.
     pub fn in_memory() -> Self {
+        let mut workbook = Workbook::new();
+        workbook.set_zip_compression_level(1);
         XlsxSink {
+            workbook,
+            sheet: None,
             constant_memory: false,
-            ..XlsxSink::new()
         }
     }
 
