@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::storage::jobs::lifecycle;
 
 use super::context::Ctx;
+use super::protocol::JanitorMsg;
 
 /// Jobs handled per sweep; the next sweep continues.
 const BATCH: i64 = 100;
@@ -20,10 +21,6 @@ const BATCH: i64 = 100;
 const ROW_BATCH: i64 = 500;
 /// Row statements per sweep at most; a backlog is worked off over sweeps.
 const ROW_BATCHES_PER_SWEEP: usize = 20;
-
-pub(crate) enum JanitorMsg {
-    Sweep,
-}
 
 pub(crate) struct Janitor;
 

@@ -155,6 +155,12 @@ pub(crate) enum RelayMsg {
     Sweep,
 }
 
+/// To `janitor`.
+pub(crate) enum JanitorMsg {
+    /// Delete what is past its retention (every retention/10, 1 s to 1 min).
+    Sweep,
+}
+
 /// To `queue_depth`.
 pub(crate) enum DepthMsg {
     /// Read the queue depths (every 5 s).
