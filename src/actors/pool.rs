@@ -20,7 +20,6 @@ use metrics::{counter, gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::AbortHandle;
 use tracing::{error, warn};
-use uuid::Uuid;
 
 use crate::metrics::{ACTOR_RESTARTS, JOBS_IN_FLIGHT};
 use crate::render::Format;
@@ -56,8 +55,8 @@ pub(crate) struct PoolState {
 
 struct Slot {
     actor: Option<ActorRef<RendererMsg>>,
-    /// The job it is rendering, and whether that job is big.
-    busy: Option<(Uuid, bool)>,
+    /// Rendering: `Some(big)`, whether the document is big.
+    busy: Option<bool>,
     /// Failed spawns in a row, for the backoff before the next.
     failures: u32,
 }
@@ -93,11 +92,7 @@ impl PoolState {
     /// starve them, and small ones on every renderer left.
     fn dispatch(&mut self) {
         loop {
-            let busy_big = self
-                .slots
-                .iter()
-                .filter(|s| matches!(s.busy, Some((_, true))))
-                .count();
+            let busy_big = self.slots.iter().filter(|s| s.busy == Some(true)).count();
             let take_big = !self.big.is_empty() && busy_big < self.big_limit();
             if !take_big && self.small.is_empty() {
                 return;
@@ -117,12 +112,12 @@ impl PoolState {
             let Some(job) = queue.pop_front() else {
                 return;
             };
-            let (job_id, big) = (job.job_id, job.big);
+            let big = job.big;
             let Some(actor) = &self.slots[slot].actor else {
                 return;
             };
             match actor.cast(RendererMsg::Render(job)) {
-                Ok(()) => self.slots[slot].busy = Some((job_id, big)),
+                Ok(()) => self.slots[slot].busy = Some(big),
                 // The renderer is stopping: its supervision event frees the
                 // slot; the request's reply port went with the message, so
                 // its attempt sees the failure.
